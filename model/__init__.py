@@ -1,0 +1,1 @@
+"""The ViT model package: architecture, checkpoints, preprocessing and labels (no HTTP here)."""

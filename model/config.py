@@ -1,0 +1,96 @@
+"""Architecture description of a Vision Transformer and the named presets of SPEC §1."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+
+@dataclass(frozen=True)
+class ViTConfig:
+    """Everything that fixes the shapes of a ViT; weights are not part of it."""
+
+    image_size: int = 224  # H = W of the input, in pixels
+    patch_size: int = 16  # P: each patch is P×P pixels
+    in_chans: int = 3  # C
+    embed_dim: int = 768  # D
+    depth: int = 12  # L encoder blocks
+    num_heads: int = 12
+    mlp_dim: int = 3072  # hidden width of each block's MLP (4·D in every preset)
+    num_classes: int = 1000  # 0: no head, embeddings only
+    ln_eps: float = 1e-6
+    qkv_bias: bool = True
+
+    def __post_init__(self) -> None:
+        if self.image_size % self.patch_size:
+            raise ValueError(
+                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
+            )
+        if self.embed_dim % self.num_heads:
+            raise ValueError(
+                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
+            )
+        for name in ("image_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.num_classes < 0:
+            raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+
+    @property
+    def grid_size(self) -> int:
+        """Patches along one side: H / P."""
+        return self.image_size // self.patch_size
+
+    @property
+    def num_patches(self) -> int:
+        """N = HW / P²."""
+        return self.grid_size**2
+
+    @property
+    def head_dim(self) -> int:
+        return self.embed_dim // self.num_heads
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ViTConfig:
+        known = set(cls.__dataclass_fields__)
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown ViT config fields: {', '.join(unknown)}")
+        return cls(**data)
+
+    def with_changes(self, **changes: Any) -> ViTConfig:
+        return replace(self, **changes)
+
+
+def _preset(image: int, patch: int, dim: int, depth: int, heads: int) -> ViTConfig:
+    return ViTConfig(
+        image_size=image, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, mlp_dim=4 * dim
+    )
+
+
+# timm's names; widths and depths from the ViT paper (Ti and S from DeiT).
+PRESETS: dict[str, ViTConfig] = {
+    "vit_tiny_patch16_224": _preset(224, 16, 192, 12, 3),
+    "vit_small_patch16_224": _preset(224, 16, 384, 12, 6),
+    "vit_base_patch16_224": _preset(224, 16, 768, 12, 12),
+    "vit_base_patch32_224": _preset(224, 32, 768, 12, 12),
+    "vit_base_patch16_384": _preset(384, 16, 768, 12, 12),
+    "vit_large_patch16_224": _preset(224, 16, 1024, 24, 16),
+    "vit_large_patch32_384": _preset(384, 32, 1024, 24, 16),
+    "vit_huge_patch14_224": _preset(224, 14, 1280, 32, 16),
+    # For tests only: a few thousand parameters, milliseconds per forward pass.
+    "vit_test_tiny": ViTConfig(
+        image_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_dim=192, num_classes=10
+    ),
+}
+
+
+def preset(name: str) -> ViTConfig:
+    """The preset called `name`, or a ValueError listing the known names."""
+    try:
+        return PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown ViT preset {name!r}; known: {', '.join(PRESETS)}") from None
