@@ -104,7 +104,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
-        raise ImageTooLarge("image has more pixels than Pillow will decode") from None
+        raise ImageTooLarge(f"image header claims more pixels than the limit ({max_pixels})") from None
     except (OSError, SyntaxError, ValueError) as exc:
         raise ImageError("cannot identify image data") from exc
     if image.format not in ALLOWED_FORMATS:

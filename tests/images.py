@@ -1,0 +1,39 @@
+"""Image bytes for tests, made with Pillow or taken from scikit-image's bundled photos."""
+
+from __future__ import annotations
+
+import io
+
+import numpy as np
+from PIL import Image
+from skimage import data
+
+
+def encode(image: Image.Image, fmt: str = "PNG", **params) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, fmt, **params)
+    return buf.getvalue()
+
+
+def photo() -> Image.Image:
+    """A real 451×300 RGB photograph (scikit-image's `chelsea`, a cat)."""
+    return Image.fromarray(data.chelsea())
+
+
+def gradient(width: int = 40, height: int = 30) -> Image.Image:
+    """An RGB image whose every pixel differs, so orientation and crops are visible."""
+    y, x = np.mgrid[0:height, 0:width]
+    rgb = np.stack([x * 255 // max(width - 1, 1), y * 255 // max(height - 1, 1), (x + y) % 256], -1)
+    return Image.fromarray(rgb.astype(np.uint8))
+
+
+def png_header_claiming(width: int, height: int) -> bytes:
+    """A tiny PNG whose IHDR claims width×height: a decompression bomb's header."""
+    good = encode(Image.new("L", (1, 1)))
+    import struct
+    import zlib
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    chunk = b"IHDR" + ihdr
+    ihdr_chunk = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
+    return good[:8] + ihdr_chunk + good[8 + 25 :]

@@ -1,0 +1,140 @@
+"""SPEC §3: decoding, orientation, colour modes, resize modes, normalisation, and HF's processor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import ViTImageProcessorPil
+
+from model.preprocess import (
+    ImageError,
+    ImageTooLarge,
+    PreprocessConfig,
+    UnsupportedImageFormat,
+    load_image,
+    normalize,
+)
+from tests.images import encode, gradient, photo, png_header_claiming
+
+SQUASH = PreprocessConfig()
+
+
+def test_matches_hf_image_processor_on_a_real_photo() -> None:
+    expected = ViTImageProcessorPil()(images=photo(), return_tensors="pt")["pixel_values"]
+    ours = normalize(load_image(encode(photo(), "JPEG", quality=95), 224, SQUASH)[None], SQUASH.mean, SQUASH.std)
+    jpeg_decoded = Image.open(__import__("io").BytesIO(encode(photo(), "JPEG", quality=95)))
+    expected = ViTImageProcessorPil()(images=jpeg_decoded, return_tensors="pt")["pixel_values"]
+    assert ours.shape == expected.shape == (1, 3, 224, 224)
+    assert (ours - expected).abs().max() <= 1e-6
+
+
+def test_bicubic_with_imagenet_statistics_matches_hf() -> None:
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    cfg = PreprocessConfig(interpolation="bicubic", mean=mean, std=std)
+    hf = ViTImageProcessorPil(resample=3, image_mean=list(mean), image_std=list(std), size={"height": 64, "width": 64})
+    expected = hf(images=photo(), return_tensors="pt")["pixel_values"]
+    ours = normalize(load_image(encode(photo()), 64, cfg)[None], cfg.mean, cfg.std)
+    assert (ours - expected).abs().max() <= 1e-5
+
+
+def test_output_is_uint8_chw_at_model_size() -> None:
+    out = load_image(encode(photo()), 28, SQUASH)
+    assert out.dtype == torch.uint8 and out.shape == (3, 28, 28)
+
+
+def test_squash_at_native_size_is_not_resampled() -> None:
+    img = gradient(32, 32)
+    out = load_image(encode(img), 32, SQUASH)
+    assert np.array_equal(out.permute(1, 2, 0).numpy(), np.asarray(img))
+
+
+def test_crop_takes_the_centre_after_scaling_the_shorter_side() -> None:
+    img = gradient(40, 20)
+    cfg = PreprocessConfig(resize_mode="crop", crop_pct=1.0)
+    out = load_image(encode(img), 20, cfg)  # shorter side already 20: a pure centre crop
+    assert np.array_equal(out.permute(1, 2, 0).numpy(), np.asarray(img)[:, 10:30])
+    scaled = load_image(encode(photo()), 224, PreprocessConfig(resize_mode="crop", crop_pct=0.875))
+    assert scaled.shape == (3, 224, 224)
+
+
+def test_exif_orientation_is_applied() -> None:
+    img = gradient(40, 30)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # "rotate 90° clockwise to display"
+    rotated = load_image(encode(img, "JPEG", exif=exif, quality=100), 30, PreprocessConfig(resize_mode="crop", crop_pct=1))
+    upright = np.asarray(img.transpose(Image.Transpose.ROTATE_270))  # 30 wide, 40 high
+    assert rotated.shape == (3, 30, 30)
+    crop = upright[5:35]
+    assert np.abs(rotated.permute(1, 2, 0).numpy().astype(int) - crop.astype(int)).mean() < 4  # JPEG noise
+
+
+@pytest.mark.parametrize(
+    ("image", "expected_rgb"),
+    [
+        (Image.new("RGBA", (4, 4), (255, 0, 0, 0)), (255, 255, 255)),  # transparent -> white
+        (Image.new("RGBA", (4, 4), (255, 0, 0, 255)), (255, 0, 0)),
+        (Image.new("LA", (4, 4), (0, 0)), (255, 255, 255)),
+        (Image.new("L", (4, 4), 77), (77, 77, 77)),
+        (Image.new("1", (4, 4), 1), (255, 255, 255)),
+        (Image.new("CMYK", (4, 4), (0, 255, 255, 0)), (255, 0, 0)),
+        (Image.fromarray(np.full((4, 4), 65535, np.uint16)), (255, 255, 255)),  # 16-bit grey, scaled
+        (Image.fromarray(np.full((4, 4), 32896, np.uint16)), (128, 128, 128)),
+    ],
+    ids=["rgba-clear", "rgba-opaque", "la", "grey", "1-bit", "cmyk", "16-bit-max", "16-bit-mid"],
+)
+def test_every_mode_becomes_rgb(image: Image.Image, expected_rgb: tuple[int, int, int]) -> None:
+    fmt = "JPEG" if image.mode == "CMYK" else "TIFF" if image.mode.startswith("I") else "PNG"
+    out = load_image(encode(image, fmt, **({"quality": 100} if fmt == "JPEG" else {})), 4, SQUASH)
+    assert out[:, 0, 0].tolist() == list(expected_rgb)
+
+
+def test_palette_with_transparency_is_composited_on_white() -> None:
+    img = Image.new("P", (4, 4), 1)
+    img.putpalette([0, 0, 0, 200, 10, 10] + [0] * 762)
+    data = encode(img, "PNG", transparency=1)
+    assert load_image(data, 4, SQUASH)[:, 0, 0].tolist() == [255, 255, 255]
+
+
+def test_gif_uses_the_first_frame() -> None:
+    frames = [Image.new("P", (8, 8), i) for i in range(3)]
+    for f in frames:
+        f.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0] + [0] * 759)
+    data = encode(frames[1], "GIF", save_all=True, append_images=[frames[0], frames[2]])
+    assert load_image(data, 8, SQUASH)[:, 0, 0].tolist() == [255, 0, 0]
+
+
+def test_disallowed_format_is_refused() -> None:
+    with pytest.raises(UnsupportedImageFormat, match="ICO"):
+        load_image(encode(Image.new("RGB", (16, 16)), "ICO"), 8, SQUASH)
+
+
+def test_bomb_is_refused_from_the_header() -> None:
+    with pytest.raises(ImageTooLarge, match="limit"):
+        load_image(png_header_claiming(20_000, 20_000), 8, SQUASH, max_pixels=40_000_000)
+
+
+@pytest.mark.parametrize(
+    "data",
+    [b"", b"hello, world", b"<html><body>no</body></html>", encode(gradient(), "PNG")[:60],
+     encode(photo(), "JPEG")[:500]],
+    ids=["empty", "text", "html", "truncated-png", "truncated-jpeg"],
+)
+def test_not_an_image(data: bytes) -> None:
+    with pytest.raises(ImageError):
+        load_image(data, 8, SQUASH)
+
+
+@pytest.mark.parametrize(
+    ("field", "value"), [("resize_mode", "stretch"), ("interpolation", "nearest"), ("crop_pct", 0.0), ("std", (1, 0, 1))]
+)
+def test_bad_preprocess_settings(field: str, value: object) -> None:
+    with pytest.raises(ValueError, match=field.split("_")[0]):
+        PreprocessConfig(**{field: value})
+
+
+def test_normalize_runs_in_the_requested_dtype() -> None:
+    batch = torch.tensor([[[[0, 255]]] * 3], dtype=torch.uint8)
+    out = normalize(batch, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), torch.bfloat16)
+    assert out.dtype == torch.bfloat16 and out[0, 0, 0].tolist() == [-1.0, 1.0]
