@@ -8,6 +8,7 @@ Nothing here unpickles code: safetensors, `torch.load(weights_only=True)` and
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import re
@@ -135,8 +136,10 @@ def hf_to_native(state: StateDict, cfg: ViTConfig) -> StateDict:
         (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
         (r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.", r"blocks.\1.attn.\2."),
         (r"layers\.(\d+)\.attention\.([qkv])_proj\.", r"blocks.\1.attn.\2."),
-        (r"(?:encoder\.layer\.(\d+)\.attention\.output\.dense|layers\.(\d+)\.attention\.o_proj)\.",
-         r"blocks.\1\2.attn.proj."),
+        (
+            r"(?:encoder\.layer\.(\d+)\.attention\.output\.dense|layers\.(\d+)\.attention\.o_proj)\.",
+            r"blocks.\1\2.attn.proj.",
+        ),
         (r"(?:encoder\.layer\.(\d+)\.intermediate\.dense|layers\.(\d+)\.mlp\.fc1)\.", r"blocks.\1\2.mlp.fc1."),
         (r"(?:encoder\.layer\.(\d+)\.output\.dense|layers\.(\d+)\.mlp\.fc2)\.", r"blocks.\1\2.mlp.fc2."),
         (r"layernorm\.", "norm."),
@@ -179,7 +182,7 @@ def timm_to_native(state: StateDict) -> StateDict:
     weight = out.get("patch_embed.proj.weight")
     if weight is not None and weight.ndim == 2 and "cls_token" in out:
         dim, flat = weight.shape
-        side = int(round((flat / 3) ** 0.5))
+        side = round((flat / 3) ** 0.5)
         out["patch_embed.proj.weight"] = weight.reshape(dim, 3, side, side)
     return out
 
@@ -242,7 +245,7 @@ def npz_to_native(arrays: Mapping[str, np.ndarray]) -> tuple[StateDict, list[str
     Keys outside the prefix (optimizer state, a text tower) are not the ViT's and are ignored.
     """
     prefix = next((p for p in ("opt/target/", "params/img/", "params/") if f"{p}embedding/kernel" in arrays), "")
-    scope = {k[len(prefix):]: v for k, v in arrays.items() if k.startswith(prefix)}
+    scope = {k[len(prefix) :]: v for k, v in arrays.items() if k.startswith(prefix)}
     depth = 0
     while any(k.startswith(f"Transformer/encoderblock_{depth}/") for k in scope):
         depth += 1
@@ -257,21 +260,17 @@ def npz_to_native(arrays: Mapping[str, np.ndarray]) -> tuple[StateDict, list[str
 # ------------------------------------------------------------------------------ strict load
 
 
-def load_strict(
-    model: VisionTransformer, state: StateDict, source: str, unused: Sequence[str] = ()
-) -> None:
+def load_strict(model: VisionTransformer, state: StateDict, source: str, unused: Sequence[str] = ()) -> None:
     """Copy `state` into `model` only if every key and shape matches; else one error naming all.
 
     A position embedding for another patch grid is resampled first (bicubic, class token kept).
     """
     expected = model.state_dict()
     pos = state.get("pos_embed")
-    if pos is not None and pos.ndim == 3 and pos.shape != expected["pos_embed"].shape:
-        if pos.shape[-1] == expected["pos_embed"].shape[-1]:
-            try:
-                state = {**state, "pos_embed": resample_pos_embed(pos, model.cfg.grid_size)}
-            except ValueError:
-                pass  # not a square grid: reported as a shape mismatch below
+    target = expected["pos_embed"].shape
+    if pos is not None and pos.ndim == 3 and pos.shape != target and pos.shape[-1] == target[-1]:
+        with contextlib.suppress(ValueError):  # not a square grid: reported as a shape mismatch below
+            state = {**state, "pos_embed": resample_pos_embed(pos, model.cfg.grid_size)}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected)) + list(unused)
     mismatched = [

@@ -23,13 +23,9 @@ class ViTConfig:
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
-            raise ValueError(
-                f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}"
-            )
+            raise ValueError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
         if self.embed_dim % self.num_heads:
-            raise ValueError(
-                f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}"
-            )
+            raise ValueError(f"embed_dim {self.embed_dim} is not divisible by num_heads {self.num_heads}")
         for name in ("image_size", "patch_size", "in_chans", "embed_dim", "depth", "num_heads", "mlp_dim"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -66,9 +62,7 @@ class ViTConfig:
 
 
 def _preset(image: int, patch: int, dim: int, depth: int, heads: int) -> ViTConfig:
-    return ViTConfig(
-        image_size=image, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, mlp_dim=4 * dim
-    )
+    return ViTConfig(image_size=image, patch_size=patch, embed_dim=dim, depth=depth, num_heads=heads, mlp_dim=4 * dim)
 
 
 # timm's names; widths and depths from the ViT paper (Ti and S from DeiT).

@@ -91,7 +91,10 @@ def from_hf_processor(data: dict[str, Any], image_size: int) -> PreprocessConfig
             std=std,  # type: ignore[arg-type]
         )
     return PreprocessConfig(
-        resize_mode="squash", interpolation=_HF_RESAMPLE[resample], mean=mean, std=std  # type: ignore[arg-type]
+        resize_mode="squash",
+        interpolation=_HF_RESAMPLE[resample],
+        mean=mean,
+        std=std,  # type: ignore[arg-type]
     )
 
 

@@ -22,9 +22,7 @@ from tqdm import tqdm
 from model.config import ViTConfig
 from model.vit import VisionTransformer
 
-MNIST_CONFIG = ViTConfig(
-    image_size=28, patch_size=4, embed_dim=96, depth=6, num_heads=3, mlp_dim=384, num_classes=10
-)
+MNIST_CONFIG = ViTConfig(image_size=28, patch_size=4, embed_dim=96, depth=6, num_heads=3, mlp_dim=384, num_classes=10)
 MEAN = STD = (0.5, 0.5, 0.5)
 
 
@@ -58,9 +56,7 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     angle, scale, shear = u[:, 0] * math.radians(12), 1 + 0.1 * u[:, 1], 0.15 * u[:, 2]
     shift = u[:, 3:5] * (3 / 14)  # affine_grid works in [-1, 1]: 14 px per unit
     cos, sin = torch.cos(angle) / scale, torch.sin(angle) / scale
-    theta = torch.stack(
-        [torch.stack([cos, -sin + shear, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1
-    )
+    theta = torch.stack([torch.stack([cos, -sin + shear, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
     grid = F.affine_grid(theta, list(x.shape), align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 

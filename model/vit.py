@@ -100,9 +100,7 @@ class VisionTransformer(nn.Module):
         self.pos_embed = nn.Parameter(torch.zeros(1, cfg.num_patches + 1, cfg.embed_dim))
         self.blocks = nn.ModuleList(Block(cfg) for _ in range(cfg.depth))
         self.norm = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
-        self.head: nn.Module = (
-            nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
-        )
+        self.head: nn.Module = nn.Linear(cfg.embed_dim, cfg.num_classes) if cfg.num_classes else nn.Identity()
         self.reset_parameters()
 
     @torch.no_grad()

@@ -20,8 +20,14 @@ def hf_classifier(num_labels: int = 5, image_size: int = 32, seed: int = 0) -> V
     """A small random `ViTForImageClassification`, shaped like the `vit_test_tiny` preset."""
     torch.manual_seed(seed)
     cfg = HFViTConfig(
-        hidden_size=48, num_hidden_layers=2, num_attention_heads=HEADS, intermediate_size=192, layer_norm_eps=1e-6,
-        image_size=image_size, patch_size=8, num_labels=num_labels,
+        hidden_size=48,
+        num_hidden_layers=2,
+        num_attention_heads=HEADS,
+        intermediate_size=192,
+        layer_norm_eps=1e-6,
+        image_size=image_size,
+        patch_size=8,
+        num_labels=num_labels,
     )
     model = ViTForImageClassification(cfg).eval()
     with torch.no_grad():  # HF initialises biases and the class token to zero: make them count
@@ -39,9 +45,12 @@ def hf_tensors(model: ViTForImageClassification) -> dict[str, torch.Tensor]:
 def hub_layout(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The same tensors in the names of checkpoints on the Hub (`vit.encoder.layer.{i}.attention.attention.query`)."""
     renames = {
-        "attention.q_proj": "attention.attention.query", "attention.k_proj": "attention.attention.key",
-        "attention.v_proj": "attention.attention.value", "attention.o_proj": "attention.output.dense",
-        "mlp.fc1": "intermediate.dense", "mlp.fc2": "output.dense",
+        "attention.q_proj": "attention.attention.query",
+        "attention.k_proj": "attention.attention.key",
+        "attention.v_proj": "attention.attention.value",
+        "attention.o_proj": "attention.output.dense",
+        "mlp.fc1": "intermediate.dense",
+        "mlp.fc2": "output.dense",
     }
     out = {}
     for key, value in state.items():
@@ -90,7 +99,8 @@ def npz_layout(state: dict[str, torch.Tensor], depth: int, big_vision: bool = Fa
     hd = dim // HEADS
     prefix = "params/" if big_vision else ""
     ln1, mha, ln2, mlp = (
-        ("LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0") if big_vision
+        ("LayerNorm_0", "MultiHeadDotProductAttention_0", "LayerNorm_1", "MlpBlock_0")
+        if big_vision
         else ("LayerNorm_0", "MultiHeadDotProductAttention_1", "LayerNorm_2", "MlpBlock_3")
     )
     pos = a["vit.embeddings.position_embeddings"]

@@ -63,7 +63,9 @@ def test_exif_orientation_is_applied() -> None:
     img = gradient(40, 30)
     exif = Image.Exif()
     exif[0x0112] = 6  # "rotate 90° clockwise to display"
-    rotated = load_image(encode(img, "JPEG", exif=exif, quality=100), 30, PreprocessConfig(resize_mode="crop", crop_pct=1))
+    rotated = load_image(
+        encode(img, "JPEG", exif=exif, quality=100), 30, PreprocessConfig(resize_mode="crop", crop_pct=1)
+    )
     upright = np.asarray(img.transpose(Image.Transpose.ROTATE_270))  # 30 wide, 40 high
     assert rotated.shape == (3, 30, 30)
     crop = upright[5:35]
@@ -117,8 +119,13 @@ def test_bomb_is_refused_from_the_header() -> None:
 
 @pytest.mark.parametrize(
     "data",
-    [b"", b"hello, world", b"<html><body>no</body></html>", encode(gradient(), "PNG")[:60],
-     encode(photo(), "JPEG")[:500]],
+    [
+        b"",
+        b"hello, world",
+        b"<html><body>no</body></html>",
+        encode(gradient(), "PNG")[:60],
+        encode(photo(), "JPEG")[:500],
+    ],
     ids=["empty", "text", "html", "truncated-png", "truncated-jpeg"],
 )
 def test_not_an_image(data: bytes) -> None:
@@ -127,7 +134,8 @@ def test_not_an_image(data: bytes) -> None:
 
 
 @pytest.mark.parametrize(
-    ("field", "value"), [("resize_mode", "stretch"), ("interpolation", "nearest"), ("crop_pct", 0.0), ("std", (1, 0, 1))]
+    ("field", "value"),
+    [("resize_mode", "stretch"), ("interpolation", "nearest"), ("crop_pct", 0.0), ("std", (1, 0, 1))],
 )
 def test_bad_preprocess_settings(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field.split("_")[0]):

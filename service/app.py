@@ -1,0 +1,194 @@
+"""`create_app(settings)`: the FastAPI app, its lifespan, request context and error mapping."""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import logging
+import logging.config
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable
+from concurrent.futures import ThreadPoolExecutor
+from contextlib import asynccontextmanager
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from service.batching import Batcher
+from service.engine import Engine
+from service.errors import InvalidParameter, MethodNotAllowed, NotFound, ServiceError
+from service.routes import ENDPOINTS, router
+from service.settings import Settings
+from service.state import ServiceState
+
+log = logging.getLogger("service")
+request_id: contextvars.ContextVar[str] = contextvars.ContextVar("request_id", default="-")
+
+
+def create_app(settings: Settings, engine_factory: Callable[[Settings], Engine] = Engine.from_settings) -> FastAPI:
+    """The service for `settings`; `engine_factory` loads the model (in a thread, after start-up)."""
+    state = ServiceState(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        loader = asyncio.create_task(_start(state, engine_factory))
+        try:
+            yield
+        finally:
+            await _stop(state, loader)
+
+    app = FastAPI(
+        title="vit-serve",
+        version="0.1.0",
+        summary="Vision Transformer labels and embeddings, micro-batched.",
+        lifespan=lifespan,
+    )
+    app.state.service = state
+    app.include_router(router)
+    _install_error_handlers(app, state)
+    app.add_middleware(RequestContext, state=state)
+    return app
+
+
+async def _start(state: ServiceState, engine_factory: Callable[[Settings], Engine]) -> None:
+    """Load, warm up, start the batcher, then turn ready; any failure turns `failed`."""
+    try:
+        engine = await asyncio.to_thread(engine_factory, state.settings)
+        state.engine = engine
+        sizes = sorted({1, *(2**i for i in range(1, 13) if 2**i < state.max_batch_size), state.max_batch_size})
+        await asyncio.to_thread(engine.warmup, sizes)
+        state.decode_pool = ThreadPoolExecutor(state.settings.threads, thread_name_prefix="vit-decode")
+        batcher = Batcher(
+            engine.stage,
+            engine.forward,
+            max_batch_size=state.max_batch_size,
+            max_wait_s=state.settings.max_wait_ms / 1000,
+            max_queue_size=state.max_queue_size,
+            metrics=state.metrics,
+        )
+        batcher.start()
+        state.batcher = batcher
+        state.metrics.model_info.labels(
+            model=engine.model_id, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch.")
+        ).set(1)
+        state.status = "ready"
+        log.info(
+            "ready: %s on %s (%s), batches up to %d", engine.model_id, engine.device, engine.dtype, state.max_batch_size
+        )
+    except Exception:
+        state.status = "failed"
+        log.exception("start-up failed")
+
+
+async def _stop(state: ServiceState, loader: asyncio.Task[None]) -> None:
+    """Stop taking requests, answer everything queued and in flight, then release threads."""
+    state.status = "draining"
+    loader.cancel()
+    await asyncio.gather(loader, return_exceptions=True)
+    if state.batcher is not None:
+        finished = await state.batcher.drain(state.settings.shutdown_timeout_s)
+        log.info("drained the queue" if finished else "shutdown timeout: unfinished requests were answered 503")
+    if state.decode_pool is not None:
+        state.decode_pool.shutdown(wait=False, cancel_futures=True)
+
+
+def error_response(error: ServiceError) -> JSONResponse:
+    return JSONResponse(
+        {"error": {"type": error.type, "message": error.message}}, status_code=error.status, headers=error.headers
+    )
+
+
+def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
+    """Every error becomes SPEC §4's body here, and only here."""
+
+    async def service_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, ServiceError)
+        if exc.status >= 500 and exc.status != 503 and exc.status != 504:
+            log.error("%s: %s", exc.type, exc.message)
+        state.metrics.rejected.labels(reason=exc.reason).inc()
+        return error_response(exc)
+
+    async def validation_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, RequestValidationError)
+        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid parameter"}
+        where = ".".join(str(p) for p in first["loc"] if p not in ("query", "body"))
+        return await service_error(request, InvalidParameter(f"{where}: {first['msg']}" if where else first["msg"]))
+
+    async def http_error(request: Request, exc: Exception) -> JSONResponse:
+        assert isinstance(exc, StarletteHTTPException)
+        if exc.status_code == 405:
+            return await service_error(request, MethodNotAllowed(f"{request.method} is not allowed here"))
+        return await service_error(request, NotFound(f"no route {request.url.path}"))
+
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        log.exception("unhandled error")
+        state.metrics.rejected.labels(reason="internal").inc()
+        return JSONResponse({"error": {"type": "internal", "message": "internal error; see the server log"}}, 500)
+
+    app.add_exception_handler(ServiceError, service_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(StarletteHTTPException, http_error)
+    app.add_exception_handler(Exception, unexpected)
+
+
+class RequestContext:
+    """Pure ASGI middleware: a request id for logs and the response, request count and duration."""
+
+    def __init__(self, app: ASGIApp, state: ServiceState) -> None:
+        self.app, self.metrics = app, state.metrics
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        start = time.perf_counter()
+        incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        rid = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
+        token = request_id.set(rid)
+        status = 500
+
+        async def send_with_id(message: Message) -> None:
+            nonlocal status
+            if message["type"] == "http.response.start":
+                status = message["status"]
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode("latin-1"))]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            elapsed = time.perf_counter() - start
+            self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
+            self.metrics.request_duration.labels(endpoint=endpoint).observe(elapsed)
+            log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)
+            request_id.reset(token)
+
+
+class RequestIdFilter(logging.Filter):
+    def filter(self, record: logging.LogRecord) -> bool:
+        record.request_id = request_id.get()
+        return True
+
+
+def configure_logging(level: str) -> dict[str, Any]:
+    """Log lines carry the request id; returned as a dictConfig for uvicorn too."""
+    config: dict[str, Any] = {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": RequestIdFilter}},
+        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}},
+        "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}},
+        "loggers": {
+            "": {"handlers": ["stderr"], "level": level.upper()},
+            "uvicorn": {"handlers": [], "propagate": True},
+            "uvicorn.error": {"handlers": [], "propagate": True},
+        },
+    }
+    logging.config.dictConfig(config)
+    return config

@@ -1,0 +1,279 @@
+"""Dynamic micro-batching: many requests' images, few forward passes.
+
+One collector task owns a bounded queue of items (image, future, enqueue time, deadline).
+It forms a batch as soon as it has `max_batch_size` images, or the first waiting image has
+waited `max_wait`, or (adaptive) the device has nothing to do, so a lone request never waits
+for company that is not coming. Items whose client has gone are skipped; items past their
+deadline get 504; neither is computed. Staging (stacking, the copy to the device) runs on its
+own thread while the previous batch runs on the inference thread, so the event loop never
+blocks and the device never waits for the next batch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any, Generic, TypeVar
+
+import torch
+
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
+from service.metrics import Metrics
+
+log = logging.getLogger(__name__)
+
+Staged = TypeVar("Staged")
+
+
+@dataclass
+class BatchOutput:
+    """Per-image rows of one forward pass, on the CPU."""
+
+    probs: torch.Tensor | None  # (B, classes)
+    embeddings: torch.Tensor  # (B, D)
+
+
+@dataclass(frozen=True)
+class ItemResult:
+    probs: torch.Tensor | None  # (classes,)
+    embedding: torch.Tensor  # (D,)
+
+
+@dataclass(eq=False)
+class _Item:
+    image: torch.Tensor
+    future: asyncio.Future[ItemResult]
+    enqueued: float
+    deadline: float
+
+
+class Batcher(Generic[Staged]):
+    """`await submit(images, deadline)` -> one result per image, computed in shared batches.
+
+    `stage(images)` prepares a batch (on the staging thread); `forward(staged)` runs it (on
+    the inference thread) and returns a BatchOutput whose rows follow the images' order.
+    """
+
+    def __init__(
+        self,
+        stage: Callable[[list[torch.Tensor]], Staged],
+        forward: Callable[[Staged], BatchOutput],
+        *,
+        max_batch_size: int,
+        max_wait_s: float,
+        max_queue_size: int,
+        metrics: Metrics | None = None,
+        adaptive: bool = True,
+        max_in_flight: int = 2,
+    ) -> None:
+        self._stage, self._forward = stage, forward
+        self.max_batch_size, self.max_wait_s, self.max_queue_size = max_batch_size, max_wait_s, max_queue_size
+        self.adaptive = adaptive
+        self._metrics = metrics
+        self._queue: deque[_Item] = deque()
+        self._wakeup = asyncio.Event()
+        self._slots = asyncio.Semaphore(max_in_flight)  # one batch running, one staged behind it
+        self._in_flight = 0
+        self._stage_pool = ThreadPoolExecutor(1, thread_name_prefix="vit-stage")
+        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="vit-infer")
+        self._task: asyncio.Task[None] | None = None
+        self._running: set[asyncio.Task[None]] = set()
+        self._accepting = False
+        self.failure: BaseException | None = None  # set if the collector itself died
+
+    # ------------------------------------------------------------------------- lifecycle
+
+    def start(self) -> None:
+        self._accepting = True
+        self._task = asyncio.get_running_loop().create_task(self._collect(), name="vit-batcher")
+        self._task.add_done_callback(self._on_collector_exit)
+
+    @property
+    def running(self) -> bool:
+        return self._task is not None and not self._task.done()
+
+    @property
+    def queue_depth(self) -> int:
+        return len(self._queue)
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Stop taking new items, finish everything queued and in flight; True if all finished."""
+        self._accepting = False
+        deadline = time.monotonic() + timeout_s
+        while (self._queue or self._in_flight) and self.running and time.monotonic() < deadline:
+            self._wakeup.set()
+            await asyncio.sleep(0.005)
+        finished = not self._queue and not self._in_flight
+        await self.close()
+        return finished
+
+    async def close(self) -> None:
+        self._accepting = False
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(NotReady("the service is shutting down"))
+        self._queue.clear()
+        self._stage_pool.shutdown(wait=False, cancel_futures=True)
+        self._infer_pool.shutdown(wait=True)
+
+    def _on_collector_exit(self, task: asyncio.Task[None]) -> None:
+        if task.cancelled():
+            return
+        self.failure = task.exception()
+        log.critical("the batch loop died: %r", self.failure, exc_info=self.failure)
+        for item in self._queue:
+            if not item.future.done():
+                item.future.set_exception(InferenceFailed("the batch loop stopped"))
+        self._queue.clear()
+
+    # --------------------------------------------------------------------------- submit
+
+    async def submit(self, images: list[torch.Tensor], deadline: float) -> list[ItemResult]:
+        """Queue `images` (uint8 tensors) and wait for their results, until `deadline` (monotonic).
+
+        Raises Overloaded if the queue cannot take them all, DeadlineExceeded, NotReady while
+        draining, InferenceFailed if their batch failed. Cancelling this call (the client
+        left) takes its images out of the queue: they are never computed.
+        """
+        if not self._accepting or not self.running:
+            raise NotReady("the service is not accepting requests")
+        now = time.monotonic()
+        if deadline <= now:
+            raise DeadlineExceeded("the request's deadline passed before it was queued")
+        if len(self._queue) + len(images) > self.max_queue_size:
+            raise Overloaded(f"the queue is full ({self.max_queue_size} images); retry shortly")
+        loop = asyncio.get_running_loop()
+        items = [_Item(image, loop.create_future(), now, deadline) for image in images]
+        self._queue.extend(items)
+        self._set_depth()
+        self._wakeup.set()
+        try:
+            async with asyncio.timeout_at(loop.time() + (deadline - now)):
+                return list(await asyncio.gather(*(item.future for item in items)))
+        except TimeoutError:
+            raise DeadlineExceeded("the request was not computed within its deadline") from None
+        finally:
+            self._forget(items)
+
+    def _forget(self, items: list[_Item]) -> None:
+        """Take unfinished items out of the queue (client gone, deadline, a sibling's error)."""
+        gone = [item for item in items if not item.future.done()]
+        for item in gone:
+            item.future.cancel()
+        if gone:
+            queued = set(gone)
+            before = len(self._queue)
+            self._queue = deque(i for i in self._queue if i not in queued)
+            if self._metrics is not None and before > len(self._queue):
+                self._metrics.dropped.inc(before - len(self._queue))
+            self._set_depth()
+
+    # -------------------------------------------------------------------------- collect
+
+    async def _collect(self) -> None:
+        loop = asyncio.get_running_loop()
+        while True:
+            await self._slots.acquire()
+            try:
+                batch = await self._next_batch()
+            except BaseException:
+                self._slots.release()
+                raise
+            if not batch:
+                self._slots.release()
+                continue
+            self._in_flight += 1
+            task = loop.create_task(self._run(batch))
+            self._running.add(task)  # a reference, so the task is not collected mid-flight
+            task.add_done_callback(self._running.discard)
+
+    async def _next_batch(self) -> list[_Item]:
+        """Wait for a batch to be due, then take it (skipping gone and expired items)."""
+        while not self._queue:
+            self._wakeup.clear()
+            await self._wakeup.wait()
+        while len(self._queue) < self.max_batch_size:
+            if self.adaptive and self._in_flight == 0:
+                break  # the device is idle: waiting would only add latency
+            remaining = self._queue[0].enqueued + self.max_wait_s - time.monotonic()
+            if remaining <= 0:
+                break
+            self._wakeup.clear()
+            try:
+                async with asyncio.timeout(remaining):
+                    await self._wakeup.wait()
+            except TimeoutError:
+                break
+            if not self._queue:
+                return []
+        now = time.monotonic()
+        batch: list[_Item] = []
+        while self._queue and len(batch) < self.max_batch_size:
+            item = self._queue.popleft()
+            if item.future.done():  # cancelled: its client has gone
+                continue
+            if item.deadline <= now:
+                item.future.set_exception(DeadlineExceeded("the request was not computed within its deadline"))
+                continue
+            batch.append(item)
+        self._set_depth()
+        if self._metrics is not None:
+            for item in batch:
+                self._metrics.queue_wait.observe(now - item.enqueued)
+        return batch
+
+    async def _run(self, batch: list[_Item]) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            staged = await loop.run_in_executor(self._stage_pool, self._stage, [i.image for i in batch])
+            start = time.perf_counter()
+            output = await loop.run_in_executor(self._infer_pool, self._forward_splitting, staged, len(batch))
+            if self._metrics is not None:
+                self._metrics.inference_duration.observe(time.perf_counter() - start)
+        except Exception:  # the model failed: only this batch's items hear of it
+            log.exception("inference failed for a batch of %d", len(batch))
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(InferenceFailed("inference failed"))
+        else:
+            for row, item in enumerate(batch):
+                if not item.future.done():
+                    probs = output.probs[row] if output.probs is not None else None
+                    item.future.set_result(ItemResult(probs, output.embeddings[row]))
+        finally:
+            self._in_flight -= 1
+            self._slots.release()
+            self._wakeup.set()
+
+    def _forward_splitting(self, staged: Any, size: int) -> BatchOutput:
+        """Run a batch; on out-of-memory, run its halves (recursively) before failing anything."""
+        try:
+            output = self._forward(staged)
+            if self._metrics is not None:
+                self._metrics.batch_size.observe(size)
+            return output
+        except torch.cuda.OutOfMemoryError:
+            if size == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = size // 2
+            log.warning("out of memory at batch %d: retrying as %d + %d", size, half, size - half)
+            first = self._forward_splitting(staged[:half], half)
+            second = self._forward_splitting(staged[half:], size - half)
+            probs = None if first.probs is None else torch.cat([first.probs, second.probs])  # type: ignore[list-item]
+            return BatchOutput(probs, torch.cat([first.embeddings, second.embeddings]))
+
+    # -------------------------------------------------------------------------- metrics
+
+    def _set_depth(self) -> None:
+        if self._metrics is not None:
+            self._metrics.queue_depth.set(len(self._queue))

@@ -1,0 +1,60 @@
+"""`vit-serve` (also `python -m service`): flags mirror the VIT_* settings; flags win."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import uvicorn
+from pydantic import ValidationError
+
+from model.checkpoints import CheckpointError
+from model.labels import LabelsError
+from service.app import configure_logging, create_app
+from service.engine import Engine
+from service.settings import Settings, describe_error
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vit-serve", description="Serve a Vision Transformer over HTTP. Every flag is also a VIT_* variable."
+    )
+    for name, field in Settings.model_fields.items():
+        flag = "--" + name.replace("_", "-")
+        parser.add_argument(
+            flag,
+            dest=name,
+            default=argparse.SUPPRESS,
+            metavar=name.upper(),
+            help=f"{field.description or name} (env VIT_{name.upper()})",
+        )
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = vars(build_parser().parse_args(argv))
+    try:
+        settings = Settings(**args)
+    except ValidationError as exc:
+        print(f"vit-serve: {describe_error(exc)}", file=sys.stderr)
+        return 2
+    log_config = configure_logging(settings.log_level)
+    try:  # load before serving, so that a bad checkpoint stops start-up with one clear line
+        engine = Engine.from_settings(settings)
+    except (CheckpointError, LabelsError, ValueError) as exc:
+        print(f"vit-serve: cannot load the model: {exc}", file=sys.stderr)
+        return 2
+    app = create_app(settings, engine_factory=lambda _: engine)
+    uvicorn.run(
+        app,
+        host=settings.host,
+        port=settings.port,
+        log_config=log_config,
+        access_log=False,
+        timeout_graceful_shutdown=int(settings.shutdown_timeout_s) + 1,
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""The service's errors (SPEC §4): one hierarchy, each with its status, type and rejection reason."""
+
+from __future__ import annotations
+
+
+class ServiceError(Exception):
+    status = 500
+    type = "internal"
+    reason = "internal"  # the `reason` label of vit_rejected_total
+
+    def __init__(self, message: str, headers: dict[str, str] | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.headers = headers or {}
+
+
+class InvalidRequest(ServiceError):
+    status, type, reason = 400, "invalid_request", "invalid_input"
+
+
+class InvalidImage(ServiceError):
+    status, type, reason = 400, "invalid_image", "invalid_input"
+
+
+class Unauthorized(ServiceError):
+    status, type, reason = 401, "unauthorized", "unauthorized"
+
+    def __init__(self) -> None:  # one message whatever failed: missing header, scheme or key
+        super().__init__("a valid API key is required", {"WWW-Authenticate": "Bearer"})
+
+
+class PayloadTooLarge(ServiceError):
+    status, type, reason = 413, "payload_too_large", "too_large"
+
+
+class UnsupportedMediaType(ServiceError):
+    status, type, reason = 415, "unsupported_media_type", "unsupported_media_type"
+
+
+class InvalidParameter(ServiceError):
+    status, type, reason = 422, "invalid_parameter", "invalid_parameter"
+
+
+class Overloaded(ServiceError):
+    status, type, reason = 503, "overloaded", "queue_full"
+
+    def __init__(self, message: str, retry_after_s: int = 1) -> None:
+        super().__init__(message, {"Retry-After": str(retry_after_s)})
+
+
+class NotReady(ServiceError):
+    status, type, reason = 503, "not_ready", "not_ready"
+
+
+class DeadlineExceeded(ServiceError):
+    status, type, reason = 504, "deadline_exceeded", "deadline"
+
+
+class InferenceFailed(ServiceError):
+    """The forward pass raised; the message stays generic, the log has the details."""
+
+    status, type, reason = 500, "internal", "internal"
+
+
+class NotFound(ServiceError):
+    status, type, reason = 404, "not_found", "not_found"
+
+
+class MethodNotAllowed(ServiceError):
+    status, type, reason = 405, "method_not_allowed", "method_not_allowed"

@@ -1,0 +1,44 @@
+"""Prometheus metrics of SPEC §4, in a registry of their own per app (tests run several apps)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+
+disable_created_metrics()  # the *_created series only double the output
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
+BATCH_BUCKETS = tuple(float(2**i) for i in range(13))  # 1, 2, 4, … 4096
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry(auto_describe=True)
+        r = self.registry
+        self.requests = Counter("vit_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
+        self.request_duration = Histogram(
+            "vit_request_duration_seconds",
+            "Time from arrival to response",
+            ["endpoint"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.images = Counter("vit_images", "Images processed", ["endpoint"], registry=r)
+        self.queue_depth = Gauge("vit_queue_depth", "Images waiting for a batch", registry=r)
+        self.queue_wait = Histogram(
+            "vit_queue_wait_seconds", "Enqueue to batch start, per image", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.batch_size = Histogram("vit_batch_size", "Images per forward pass", buckets=BATCH_BUCKETS, registry=r)
+        self.inference_duration = Histogram(
+            "vit_inference_duration_seconds",
+            "One forward pass, device time included",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.preprocess_duration = Histogram(
+            "vit_preprocess_duration_seconds", "Decode and resize, per image", buckets=LATENCY_BUCKETS, registry=r
+        )
+        self.rejected = Counter("vit_rejected", "Requests or images refused, by reason", ["reason"], registry=r)
+        self.dropped = Counter(
+            "vit_dropped_images", "Queued images never computed because their client had gone", registry=r
+        )
+        self.model_info = Gauge("vit_model_info", "The model being served", ["model", "device", "dtype"], registry=r)

@@ -1,0 +1,283 @@
+"""The HTTP API of SPEC §4: classify, embeddings, models, health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hmac
+import time
+from typing import Annotated, Any, Literal
+
+import torch
+from fastapi import APIRouter, Depends, Header, Query, Request, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
+
+from model.preprocess import ImageError, ImageTooLarge, UnsupportedImageFormat, load_image
+from service import schemas
+from service.batching import ItemResult
+from service.errors import (
+    DeadlineExceeded,
+    InvalidImage,
+    InvalidParameter,
+    NotReady,
+    PayloadTooLarge,
+    ServiceError,
+    Unauthorized,
+    UnsupportedMediaType,
+)
+from service.inputs import parse_images
+from service.state import ServiceState
+
+ENDPOINTS = frozenset({"/v1/classify", "/v1/embeddings", "/v1/models", "/healthz", "/readyz", "/metrics"})
+ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": schemas.ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 503, 504)
+}
+
+router = APIRouter()
+
+
+def get_state(request: Request) -> ServiceState:
+    return request.app.state.service  # type: ignore[no-any-return]
+
+
+State = Annotated[ServiceState, Depends(get_state)]
+
+
+def require_api_key(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+    """Bearer keys, compared in constant time against every key; one answer whatever failed."""
+    keys = state.settings.api_keys
+    if not keys:
+        return
+    scheme, _, token = (authorization or "").partition(" ")
+    matched = False
+    for key in keys:
+        matched |= hmac.compare_digest(token.strip().encode(), key.encode())
+    if scheme.lower() != "bearer" or not matched:
+        raise Unauthorized()
+
+
+def require_ready(state: State) -> ServiceState:
+    status = state.readiness
+    if status != "ready":
+        raise NotReady(f"the service is {status}")
+    return state
+
+
+Ready = Annotated[ServiceState, Depends(require_ready)]
+Authorized = [Depends(require_api_key)]
+
+
+def _classify_params(num_classes: int) -> type[BaseModel]:
+    """top_k bounded by this model's number of classes."""
+    return create_model(
+        "ClassifyParams",
+        __config__=ConfigDict(extra="forbid"),
+        top_k=(int, Field(min(5, num_classes), ge=1, le=num_classes)),
+    )
+
+
+class EmbeddingParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    normalize: bool = False
+    encoding_format: Literal["float", "base64"] = "float"
+
+
+def _merge(model: type[BaseModel], query: dict[str, Any], body: dict[str, Any]) -> Any:
+    """Query parameters, overridden by JSON body fields; one 422 naming the first bad one."""
+    try:
+        return model.model_validate({**{k: v for k, v in query.items() if v is not None}, **body})
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidParameter(f"{where}: {first['msg']}") from None
+
+
+async def _infer(
+    request: Request,
+    state: ServiceState,
+    endpoint: str,
+    params_model: type[BaseModel],
+    query: dict[str, Any],
+    timeout_header: float | None,
+) -> tuple[list[ItemResult], Any]:
+    """Parse and validate, decode (off the event loop), queue; per-image results and the params.
+
+    Parameters are checked before any image is decoded or computed.
+    """
+    settings = state.settings
+    timeout = settings.request_timeout_s
+    if timeout_header is not None:
+        if not 0 < timeout_header < float("inf"):
+            raise InvalidParameter("X-Request-Timeout must be a positive number of seconds")
+        timeout = min(timeout, timeout_header)  # may only shorten the server's deadline
+    deadline = time.monotonic() + timeout
+    parsed = await parse_images(request, settings.max_body_bytes, settings.max_images_per_request)
+    params = _merge(params_model, query, parsed.params)
+    images = await asyncio.gather(*(_decode(state, data, i) for i, data in enumerate(parsed.images)))
+    assert state.batcher is not None
+    submit = asyncio.ensure_future(state.batcher.submit(list(images), deadline))
+    gone = asyncio.ensure_future(_client_gone(request))
+    try:
+        await asyncio.wait({submit, gone}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        gone.cancel()
+    if not submit.done():  # the client left: its queued images are dropped, never computed
+        submit.cancel()
+        await asyncio.gather(submit, return_exceptions=True)
+        raise ClientDisconnected("the client closed the connection")
+    results = submit.result()
+    state.metrics.images.labels(endpoint=endpoint).inc(len(results))
+    return results, params
+
+
+class ClientDisconnected(ServiceError):
+    """Nobody reads this answer; it exists for the request metrics and the log (nginx's 499)."""
+
+    status, type, reason = 499, "client_closed_request", "client_gone"
+
+
+async def _client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _decode(state: ServiceState, data: bytes, index: int) -> torch.Tensor:
+    assert state.engine is not None and state.decode_pool is not None
+    engine, settings = state.engine, state.settings
+    start = time.perf_counter()
+    try:
+        tensor = await asyncio.get_running_loop().run_in_executor(
+            state.decode_pool, load_image, data, engine.image_size, engine.preprocess, settings.max_image_pixels
+        )
+    except ImageTooLarge as exc:
+        raise PayloadTooLarge(f"image {index}: {exc}") from None
+    except UnsupportedImageFormat as exc:
+        raise UnsupportedMediaType(f"image {index}: {exc}") from None
+    except ImageError as exc:
+        raise InvalidImage(f"image {index}: {exc}") from None
+    state.metrics.preprocess_duration.observe(time.perf_counter() - start)
+    return tensor
+
+
+TimeoutHeader = Annotated[float | None, Header(alias="X-Request-Timeout", description="seconds; only shortens")]
+
+
+@router.post(
+    "/v1/classify",
+    response_model=schemas.ClassifyResponse,
+    responses=ERRORS,
+    openapi_extra=schemas.IMAGE_BODY,
+    dependencies=Authorized,
+)
+async def classify(
+    request: Request,
+    state: Ready,
+    top_k: Annotated[int | None, Query(description="predictions per image (1 … classes, default 5)")] = None,
+    x_request_timeout: TimeoutHeader = None,
+) -> JSONResponse:
+    """Top-k labels for each image."""
+    assert state.engine is not None
+    labels = state.engine.labels
+    if not labels:
+        raise InvalidParameter("this model has no classification head; use /v1/embeddings")
+    results, params = await _infer(
+        request, state, "/v1/classify", _classify_params(len(labels)), {"top_k": top_k}, x_request_timeout
+    )
+    k = params.top_k
+    out = []
+    for result in results:
+        assert result.probs is not None
+        scores, indices = result.probs.topk(k)
+        out.append(
+            {
+                "predictions": [
+                    {"index": i, "label": labels[i], "score": s}
+                    for s, i in zip(scores.tolist(), indices.tolist(), strict=True)
+                ]
+            }
+        )
+    return JSONResponse({"model": state.engine.model_id, "results": out})
+
+
+@router.post(
+    "/v1/embeddings",
+    response_model=schemas.EmbeddingsResponse,
+    responses=ERRORS,
+    openapi_extra=schemas.IMAGE_BODY,
+    dependencies=Authorized,
+)
+async def embeddings(
+    request: Request,
+    state: Ready,
+    normalize: Annotated[bool | None, Query(description="return y / ‖y‖₂ (default false)")] = None,
+    encoding_format: Annotated[str | None, Query(description="float (default) or base64")] = None,
+    x_request_timeout: TimeoutHeader = None,
+) -> JSONResponse:
+    """The [class]-token embedding y = LN(z_L⁰) of each image."""
+    assert state.engine is not None
+    query = {"normalize": normalize, "encoding_format": encoding_format}
+    results, params = await _infer(request, state, "/v1/embeddings", EmbeddingParams, query, x_request_timeout)
+    data = []
+    for i, result in enumerate(results):
+        y = result.embedding
+        if params.normalize:
+            y = torch.nn.functional.normalize(y, dim=0)
+        if params.encoding_format == "base64":
+            value: Any = base64.b64encode(y.numpy().astype("<f4").tobytes()).decode("ascii")
+        else:
+            value = y.tolist()
+        data.append({"index": i, "embedding": value})
+    return JSONResponse({"model": state.engine.model_id, "dim": state.engine.model.cfg.embed_dim, "data": data})
+
+
+@router.get("/v1/models", response_model=schemas.ModelsResponse, dependencies=Authorized)
+async def models(state: Ready) -> dict[str, Any]:
+    engine = state.engine
+    assert engine is not None
+    cfg, ckpt = engine.model.cfg, engine.checkpoint
+    return {
+        "data": [
+            {
+                "id": engine.model_id,
+                "num_classes": cfg.num_classes,
+                "embedding_dim": cfg.embed_dim,
+                "image_size": cfg.image_size,
+                "patch_size": cfg.patch_size,
+                "depth": cfg.depth,
+                "heads": cfg.num_heads,
+                "device": str(engine.device),
+                "dtype": str(engine.dtype).removeprefix("torch."),
+                "checkpoint": {
+                    "format": ckpt.format,
+                    "path": str(ckpt.path) if ckpt.path else None,
+                    "sha256": ckpt.sha256,
+                },
+                "max_batch_size": state.max_batch_size,
+                "max_wait_ms": state.settings.max_wait_ms,
+            }
+        ]
+    }
+
+
+@router.get("/healthz", response_model=schemas.Status)
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers HTTP. No model call."""
+    return {"status": "alive"}
+
+
+@router.get("/readyz", response_model=schemas.Status, responses={503: {"model": schemas.Status}})
+async def readyz(state: State) -> JSONResponse:
+    """Readiness: weights loaded, warm-up done, batch loop running."""
+    status = state.readiness
+    return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(state: State) -> Response:
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+
+__all__ = ["ENDPOINTS", "DeadlineExceeded", "router"]

@@ -1,0 +1,98 @@
+"""All service settings (SPEC §5): `VIT_*` environment variables, a `.env` file, or CLI flags."""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+BUILTIN_MODEL = "vit-mnist"
+MiB = 1 << 20
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="VIT_", env_file=".env", extra="ignore", frozen=True)
+
+    model: str = Field(BUILTIN_MODEL, description="built-in model id or preset name")
+    checkpoint: Path | None = Field(None, description="weights: HF directory, timm file, .npz, or vit-serve directory")
+    labels: Path | None = Field(None, description="labels file: one a line, or a JSON list")
+    device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    compile: bool | None = Field(None, description="torch.compile the model (default: on for CUDA)")
+    max_batch_size: int | None = Field(
+        None, ge=1, le=4096, description="images per forward pass (default: 32 CPU, 256 CUDA)"
+    )
+    max_wait_ms: float = Field(2.0, ge=0, le=10_000, description="how long a batch's first image may wait for company")
+    max_queue_size: int | None = Field(None, ge=1, description="images waiting before 503 (default: 16 × batch size)")
+    request_timeout_s: float = Field(30.0, gt=0, le=3600)
+    shutdown_timeout_s: float = Field(30.0, gt=0, le=3600)
+    max_body_bytes: int = Field(20 * MiB, ge=1024)
+    max_images_per_request: int = Field(64, ge=1, le=4096)
+    max_image_pixels: int = Field(40_000_000, ge=1, le=178_956_970)  # Pillow's own bomb limit is above
+    decode_threads: int | None = Field(None, ge=1, le=256, description="image decoding threads (default: cores)")
+    api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated bearer keys")
+    host: str = "0.0.0.0"
+    port: int = Field(8000, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    resize_mode: Literal["squash", "crop"] | None = None
+    crop_pct: float | None = Field(None, gt=0, le=1)
+    interpolation: Literal["bilinear", "bicubic"] | None = None
+    mean: Annotated[tuple[float, float, float] | None, NoDecode] = None
+    std: Annotated[tuple[float, float, float] | None, NoDecode] = None
+
+    @field_validator("api_keys", mode="before")
+    @classmethod
+    def _split_keys(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [k.strip() for k in value.split(",") if k.strip()]
+        return value
+
+    @field_validator("mean", "std", mode="before")
+    @classmethod
+    def _split_floats(cls, value: object) -> object:
+        if isinstance(value, str):
+            parts = [p.strip() for p in value.split(",")]
+            if len(parts) != 3:
+                raise ValueError("expected three comma-separated numbers (R,G,B)")
+            return tuple(parts)
+        return value
+
+    @field_validator("std")
+    @classmethod
+    def _positive_std(cls, value: tuple[float, float, float] | None) -> tuple[float, float, float] | None:
+        if value is not None and min(value) <= 0:
+            raise ValueError("every std value must be positive")
+        return value
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, value: str) -> str:
+        if not re.fullmatch(r"auto|cpu|cuda(:\d+)?", value):
+            raise ValueError("expected auto, cpu, cuda or cuda:N")
+        return value
+
+    @field_validator("checkpoint", "labels")
+    @classmethod
+    def _exists(cls, value: Path | None) -> Path | None:
+        if value is not None and not value.exists():
+            raise ValueError(f"{value} does not exist")
+        return value
+
+    @property
+    def threads(self) -> int:
+        return self.decode_threads or max(1, os.cpu_count() or 1)
+
+
+def describe_error(error: ValidationError) -> str:
+    """One line naming the setting (as its environment variable) and what is wrong."""
+    first = error.errors()[0]
+    name = "_".join(str(p) for p in first["loc"] if isinstance(p, str)).upper()
+    message = first["msg"].removeprefix("Value error, ")
+    where = f"VIT_{name}" if name else "settings"
+    value = first.get("input")
+    shown = f" (got {value!r})" if name and isinstance(value, str | int | float) else ""
+    return f"invalid setting {where}: {message}{shown}"
