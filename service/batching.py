@@ -164,15 +164,17 @@ class Batcher(Generic[Staged]):
             self._forget(items)
 
     def _forget(self, items: list[_Item]) -> None:
-        """Take unfinished items out of the queue (client gone, deadline, a sibling's error)."""
-        gone = [item for item in items if not item.future.done()]
-        for item in gone:
+        """Cancel a request's unfinished items and take any still queued out of the queue."""
+        pending = [item for item in items if not item.future.done() or item.future.cancelled()]
+        if not pending:  # the usual case: every item was answered, none is queued
+            return
+        for item in pending:
             item.future.cancel()
-        if gone:
-            queued = set(gone)
-            before = len(self._queue)
-            self._queue = deque(i for i in self._queue if i not in queued)
-            if self._metrics is not None and before > len(self._queue):
+        mine = set(pending)
+        before = len(self._queue)
+        if any(item in mine for item in self._queue):
+            self._queue = deque(i for i in self._queue if i not in mine)
+            if self._metrics is not None:
                 self._metrics.dropped.inc(before - len(self._queue))
             self._set_depth()
 
@@ -234,10 +236,7 @@ class Batcher(Generic[Staged]):
         loop = asyncio.get_running_loop()
         try:
             staged = await loop.run_in_executor(self._stage_pool, self._stage, [i.image for i in batch])
-            start = time.perf_counter()
-            output = await loop.run_in_executor(self._infer_pool, self._forward_splitting, staged, len(batch))
-            if self._metrics is not None:
-                self._metrics.inference_duration.observe(time.perf_counter() - start)
+            output, batch = await loop.run_in_executor(self._infer_pool, self._compute, staged, batch)
         except Exception:  # the model failed: only this batch's items hear of it
             log.exception("inference failed for a batch of %d", len(batch))
             for item in batch:
@@ -245,13 +244,28 @@ class Batcher(Generic[Staged]):
                     item.future.set_exception(InferenceFailed("inference failed"))
         else:
             for row, item in enumerate(batch):
-                if not item.future.done():
+                if output is not None and not item.future.done():
                     probs = output.probs[row] if output.probs is not None else None
                     item.future.set_result(ItemResult(probs, output.embeddings[row]))
         finally:
             self._in_flight -= 1
             self._slots.release()
             self._wakeup.set()
+
+    def _compute(self, staged: Any, batch: list[_Item]) -> tuple[BatchOutput | None, list[_Item]]:
+        """On the inference thread: drop rows whose client left while the batch was staged, then run."""
+        keep = [row for row, item in enumerate(batch) if not item.future.done()]
+        if len(keep) < len(batch):
+            if self._metrics is not None:
+                self._metrics.dropped.inc(len(batch) - len(keep))
+            if not keep:
+                return None, []
+            staged, batch = staged[keep], [batch[row] for row in keep]
+        start = time.perf_counter()
+        output = self._forward_splitting(staged, len(batch))
+        if self._metrics is not None:
+            self._metrics.inference_duration.observe(time.perf_counter() - start)
+        return output, batch
 
     def _forward_splitting(self, staged: Any, size: int) -> BatchOutput:
         """Run a batch; on out-of-memory, run its halves (recursively) before failing anything."""
