@@ -1,0 +1,94 @@
+"""Running the real app: in process over ASGI, or under uvicorn on 127.0.0.1."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import threading
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
+
+import httpx
+import torch
+import uvicorn
+from fastapi import FastAPI
+
+from service.app import create_app
+from service.batching import BatchOutput
+from service.engine import Engine
+from service.settings import Settings
+
+
+def tiny_settings(**overrides) -> Settings:
+    """The random-weight test preset, isolated from any VIT_* environment or .env file."""
+    values = {"model": "vit_test_tiny", "max_batch_size": 8, "max_wait_ms": 2.0} | overrides
+    return Settings(_env_file=None, **values)
+
+
+class ControlledEngine(Engine):
+    """The real engine with a gate, a delay and an injectable failure around its forward pass:
+    the "deliberately slow model" of the overload, deadline and fault tests."""
+
+    gate: threading.Event
+    delay_s: float = 0.0
+    fail: bool = False
+    batch_sizes: list[int]
+
+    def forward(self, pixels: torch.Tensor) -> BatchOutput:
+        self.gate.wait(30)
+        if self.fail:
+            raise RuntimeError("injected failure")
+        time.sleep(self.delay_s)
+        self.batch_sizes.append(len(pixels))
+        return super().forward(pixels)
+
+
+def controlled(settings: Settings) -> ControlledEngine:
+    engine = Engine.from_settings(settings)
+    engine.__class__ = ControlledEngine
+    assert isinstance(engine, ControlledEngine)
+    engine.gate = threading.Event()
+    engine.gate.set()
+    engine.batch_sizes = []
+    return engine
+
+
+@contextlib.asynccontextmanager
+async def asgi_client(
+    settings: Settings, engine_factory: Callable[[Settings], Engine] = Engine.from_settings, wait_ready: bool = True
+) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
+    """The app with its lifespan running, and a client over the ASGI transport."""
+    app = create_app(settings, engine_factory)
+    async with app.router.lifespan_context(app):
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+            if wait_ready:
+                for _ in range(600):
+                    if app.state.service.status != "loading":
+                        break
+                    await asyncio.sleep(0.05)
+                assert app.state.service.status == "ready"
+            yield app, client
+
+
+@contextlib.contextmanager
+def live_server(
+    settings: Settings, engine_factory: Callable[[Settings], Engine] = Engine.from_settings
+) -> Iterator[tuple[str, FastAPI]]:
+    """uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL once ready."""
+    app = create_app(settings, engine_factory)
+    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    try:
+        for _ in range(600):
+            if server.started and app.state.service.status != "loading":
+                break
+            time.sleep(0.05)
+        assert app.state.service.status == "ready"
+        port = server.servers[0].sockets[0].getsockname()[1]
+        yield f"http://127.0.0.1:{port}", app
+    finally:
+        server.should_exit = True
+        thread.join(30)
