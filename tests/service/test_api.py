@@ -37,8 +37,9 @@ async def test_three_input_forms_give_identical_answers(client: httpx.AsyncClien
     raw = await client.post("/v1/classify?top_k=3", content=JPEG, headers={"content-type": "image/jpeg"})
     multi = await client.post("/v1/classify?top_k=3", files=[("image", ("a.jpg", JPEG, "image/jpeg"))])
     js = await client.post("/v1/classify", json={"images": [base64.b64encode(JPEG).decode()], "top_k": 3})
-    url = await client.post("/v1/classify?top_k=3",
-                            json={"images": ["data:image/jpeg;base64," + base64.b64encode(JPEG).decode()]})
+    url = await client.post(
+        "/v1/classify?top_k=3", json={"images": ["data:image/jpeg;base64," + base64.b64encode(JPEG).decode()]}
+    )
     assert raw.status_code == 200
     assert raw.json() == multi.json() == js.json() == url.json()
     predictions = raw.json()["results"][0]["predictions"]
@@ -52,19 +53,26 @@ async def test_embeddings_forms_normalize_and_base64(client: httpx.AsyncClient) 
     multi = (await client.post("/v1/embeddings", files=[("image", ("a.png", PNG, "image/png"))])).json()
     assert raw == multi and raw["dim"] == 48 and len(raw["data"][0]["embedding"]) == 48
     y = np.array(raw["data"][0]["embedding"], dtype=np.float32)
-    b64 = (await client.post("/v1/embeddings?encoding_format=base64&normalize=true", content=PNG,
-                             headers={"content-type": "image/png"})).json()
+    b64 = (
+        await client.post(
+            "/v1/embeddings?encoding_format=base64&normalize=true", content=PNG, headers={"content-type": "image/png"}
+        )
+    ).json()
     decoded = np.frombuffer(base64.b64decode(b64["data"][0]["embedding"]), dtype="<f4")
     np.testing.assert_allclose(decoded, y / np.linalg.norm(y), rtol=1e-5, atol=1e-6)
-    body_wins = (await client.post("/v1/embeddings?normalize=false",
-                                   json={"images": [base64.b64encode(PNG).decode()], "normalize": True})).json()
+    body_wins = (
+        await client.post(
+            "/v1/embeddings?normalize=false", json={"images": [base64.b64encode(PNG).decode()], "normalize": True}
+        )
+    ).json()
     assert abs(np.linalg.norm(body_wins["data"][0]["embedding"]) - 1) < 1e-5
 
 
 async def test_several_images_answer_in_input_order(client: httpx.AsyncClient) -> None:
     images = [encode(gradient(20 + i, 30), "PNG") for i in range(5)]
-    together = await client.post("/v1/embeddings", files=[("image", (f"{i}.png", d, "image/png"))
-                                                          for i, d in enumerate(images)])
+    together = await client.post(
+        "/v1/embeddings", files=[("image", (f"{i}.png", d, "image/png")) for i, d in enumerate(images)]
+    )
     alone = [await client.post("/v1/embeddings", content=d, headers={"content-type": "image/png"}) for d in images]
     rows = together.json()["data"]
     assert [r["index"] for r in rows] == list(range(5))
@@ -90,17 +98,27 @@ async def test_models_health_and_metrics(client: httpx.AsyncClient) -> None:
         'vit_model_info{device="cpu",dtype="float32",model="vit_test_tiny"} 1.0',
     ]:
         assert line in text
-    for name in ["vit_request_duration_seconds_bucket", "vit_queue_wait_seconds_count", "vit_batch_size_bucket",
-                 "vit_inference_duration_seconds_count", "vit_preprocess_duration_seconds_count"]:
+    for name in [
+        "vit_request_duration_seconds_bucket",
+        "vit_queue_wait_seconds_count",
+        "vit_batch_size_bucket",
+        "vit_inference_duration_seconds_count",
+        "vit_preprocess_duration_seconds_count",
+    ]:
         assert name in text
 
 
 def multipart(parts: list[bytes], boundary: str = "b0undary") -> tuple[bytes, dict[str, str]]:
-    body = b"".join(
-        f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{i}.png"\r\n'
-        f"Content-Type: image/png\r\n\r\n".encode() + p + b"\r\n"
-        for i, p in enumerate(parts)
-    ) + f"--{boundary}--\r\n".encode()
+    body = (
+        b"".join(
+            f'--{boundary}\r\nContent-Disposition: form-data; name="image"; filename="{i}.png"\r\n'
+            f"Content-Type: image/png\r\n\r\n".encode()
+            + p
+            + b"\r\n"
+            for i, p in enumerate(parts)
+        )
+        + f"--{boundary}--\r\n".encode()
+    )
     return body, {"content-type": f"multipart/form-data; boundary={boundary}"}
 
 
@@ -111,22 +129,39 @@ ERROR_CASES = [
     ("json without images", {"json": {"pictures": []}}, 400, "invalid_request"),
     ("json empty list", {"json": {"images": []}}, 400, "invalid_request"),
     ("bad base64", {"json": {"images": ["not base64!"]}}, 400, "invalid_request"),
-    ("malformed multipart", {"content": b"--x\r\nnonsense", "headers": {
-        "content-type": "multipart/form-data; boundary=x"}}, 400, "invalid_request"),
+    (
+        "malformed multipart",
+        {"content": b"--x\r\nnonsense", "headers": {"content-type": "multipart/form-data; boundary=x"}},
+        400,
+        "invalid_request",
+    ),
     ("multipart without image part", {"files": [("file", ("a.png", PNG, "image/png"))]}, 400, "invalid_request"),
     ("not an image", {"content": b"hello", "headers": {"content-type": "image/png"}}, 400, "invalid_image"),
     ("truncated png", {"content": PNG[:60], "headers": {"content-type": "image/png"}}, 400, "invalid_image"),
-    ("unsupported content type", {"content": b"x", "headers": {"content-type": "text/plain"}}, 415,
-     "unsupported_media_type"),
-    ("image format outside allow-list", {"content": encode(Image.new("RGB", (8, 8)), "ICO"),
-                                         "headers": {"content-type": "image/png"}}, 415, "unsupported_media_type"),
-    ("too many pixels", {"content": png_header_claiming(10_000, 10_000), "headers": {"content-type": "image/png"}},
-     413, "payload_too_large"),
+    (
+        "unsupported content type",
+        {"content": b"x", "headers": {"content-type": "text/plain"}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "image format outside allow-list",
+        {"content": encode(Image.new("RGB", (8, 8)), "ICO"), "headers": {"content-type": "image/png"}},
+        415,
+        "unsupported_media_type",
+    ),
+    (
+        "too many pixels",
+        {"content": png_header_claiming(10_000, 10_000), "headers": {"content-type": "image/png"}},
+        413,
+        "payload_too_large",
+    ),
 ]
 
 
-@pytest.mark.parametrize(("request_kwargs", "status", "kind"), [c[1:] for c in ERROR_CASES],
-                         ids=[c[0] for c in ERROR_CASES])
+@pytest.mark.parametrize(
+    ("request_kwargs", "status", "kind"), [c[1:] for c in ERROR_CASES], ids=[c[0] for c in ERROR_CASES]
+)
 async def test_error_table(client: httpx.AsyncClient, request_kwargs: dict, status: int, kind: str) -> None:
     response = await client.post("/v1/classify", **request_kwargs)
     assert error_of(response) == (status, kind)
@@ -140,10 +175,17 @@ async def test_bad_image_in_a_batch_names_its_index(client: httpx.AsyncClient) -
     assert "image 2" in response.json()["error"]["message"]
 
 
-@pytest.mark.parametrize(("query", "path"), [
-    ("top_k=0", "/v1/classify"), ("top_k=11", "/v1/classify"), ("top_k=abc", "/v1/classify"),
-    ("top_k=NaN", "/v1/classify"), ("encoding_format=hex", "/v1/embeddings"), ("normalize=maybe", "/v1/embeddings"),
-])
+@pytest.mark.parametrize(
+    ("query", "path"),
+    [
+        ("top_k=0", "/v1/classify"),
+        ("top_k=11", "/v1/classify"),
+        ("top_k=abc", "/v1/classify"),
+        ("top_k=NaN", "/v1/classify"),
+        ("encoding_format=hex", "/v1/embeddings"),
+        ("normalize=maybe", "/v1/embeddings"),
+    ],
+)
 async def test_invalid_parameters(client: httpx.AsyncClient, query: str, path: str) -> None:
     response = await client.post(f"{path}?{query}", content=PNG, headers={"content-type": "image/png"})
     assert error_of(response) == (422, "invalid_parameter")
@@ -152,8 +194,9 @@ async def test_invalid_parameters(client: httpx.AsyncClient, query: str, path: s
 async def test_invalid_body_parameter(client: httpx.AsyncClient) -> None:
     response = await client.post("/v1/classify", json={"images": [base64.b64encode(PNG).decode()], "top_k": "x"})
     assert error_of(response) == (422, "invalid_parameter")
-    response = await client.post("/v1/classify", content=b'{"images": [], "top_k": NaN}',
-                                 headers={"content-type": "application/json"})
+    response = await client.post(
+        "/v1/classify", content=b'{"images": [], "top_k": NaN}', headers={"content-type": "application/json"}
+    )
     assert error_of(response) == (400, "invalid_request")  # NaN is not JSON
 
 
@@ -173,16 +216,19 @@ async def test_api_keys() -> None:
     async with asgi_client(tiny_settings(api_keys="k1,k2")) as (_, c):
         post = {"content": PNG, "headers": {"content-type": "image/png"}}
         missing = await c.post("/v1/classify", **post)
-        wrong = await c.post("/v1/classify", content=PNG,
-                             headers={"content-type": "image/png", "authorization": "Bearer nope"})
-        scheme = await c.post("/v1/classify", content=PNG,
-                              headers={"content-type": "image/png", "authorization": "Basic k1"})
+        wrong = await c.post(
+            "/v1/classify", content=PNG, headers={"content-type": "image/png", "authorization": "Bearer nope"}
+        )
+        scheme = await c.post(
+            "/v1/classify", content=PNG, headers={"content-type": "image/png", "authorization": "Basic k1"}
+        )
         for r in (missing, wrong, scheme):
             assert error_of(r) == (401, "unauthorized")
             assert r.json() == missing.json()  # never says which part failed
         assert missing.headers["www-authenticate"] == "Bearer"
-        ok = await c.post("/v1/classify", content=PNG,
-                          headers={"content-type": "image/png", "authorization": "Bearer k2"})
+        ok = await c.post(
+            "/v1/classify", content=PNG, headers={"content-type": "image/png", "authorization": "Bearer k2"}
+        )
         assert ok.status_code == 200
         assert (await c.get("/v1/models")).status_code == 401
         for open_path in ("/healthz", "/readyz", "/metrics"):
@@ -196,7 +242,7 @@ async def test_readiness_before_and_after_warm_up() -> None:
         release.wait(30)
         return Engine.from_settings(settings)
 
-    async with asgi_client(tiny_settings(), slow_load, wait_ready=False) as (app, c):
+    async with asgi_client(tiny_settings(), slow_load, wait_ready=False) as (_, c):
         assert (await c.get("/readyz")).status_code == 503
         assert (await c.get("/readyz")).json() == {"status": "loading"}
         assert (await c.get("/healthz")).status_code == 200
@@ -223,8 +269,9 @@ async def test_overloaded_deadline_and_internal() -> None:
             await asyncio.sleep(0.02)
         full = await c.post("/v1/classify", **post)
         assert error_of(full) == (503, "overloaded") and full.headers["retry-after"] == "1"
-        late = await c.post("/v1/classify", content=PNG,
-                            headers={"content-type": "image/png", "x-request-timeout": "0.05"})
+        late = await c.post(
+            "/v1/classify", content=PNG, headers={"content-type": "image/png", "x-request-timeout": "0.05"}
+        )
         assert error_of(late) == (503, "overloaded")  # still full: refused at once, not queued
         engine.gate.set()
         assert all(r.status_code == 200 for r in await asyncio.gather(*held))
@@ -232,8 +279,9 @@ async def test_overloaded_deadline_and_internal() -> None:
         engine.gate.clear()
         blocked = asyncio.create_task(c.post("/v1/classify", **post))
         await asyncio.sleep(0.1)
-        timed_out = await c.post("/v1/classify", content=PNG,
-                                 headers={"content-type": "image/png", "x-request-timeout": "0.2"})
+        timed_out = await c.post(
+            "/v1/classify", content=PNG, headers={"content-type": "image/png", "x-request-timeout": "0.2"}
+        )
         assert error_of(timed_out) == (504, "deadline_exceeded")
         engine.gate.set()
         assert (await blocked).status_code == 200
@@ -255,6 +303,7 @@ async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:
 
 
 async def test_bad_request_timeout_header(client: httpx.AsyncClient) -> None:
-    response = await client.post("/v1/classify", content=PNG,
-                                 headers={"content-type": "image/png", "x-request-timeout": "-1"})
+    response = await client.post(
+        "/v1/classify", content=PNG, headers={"content-type": "image/png", "x-request-timeout": "-1"}
+    )
     assert error_of(response) == (422, "invalid_parameter")

