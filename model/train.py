@@ -61,6 +61,27 @@ def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
 
 
+def erase(x: torch.Tensor, generator: torch.Generator, p: float) -> torch.Tensor:
+    """Random erasing: with probability p, blank a random rectangle (2–15% of the image) to black."""
+    b, _, h, w = x.shape
+    u = torch.rand(b, 5, generator=generator)
+    area = (0.02 + 0.13 * u[:, 0]) * h * w
+    aspect = torch.exp((u[:, 1] - 0.5) * 2 * math.log(3))
+    eh = (area * aspect).sqrt().clamp(1, h).long()
+    ew = (area / aspect).sqrt().clamp(1, w).long()
+    top = (u[:, 2] * (h - eh + 1)).long()
+    left = (u[:, 3] * (w - ew + 1)).long()
+    rows, cols = torch.arange(h).view(1, h, 1), torch.arange(w).view(1, 1, w)
+    box = (
+        (rows >= top.view(b, 1, 1))
+        & (rows < (top + eh).view(b, 1, 1))
+        & (cols >= left.view(b, 1, 1))
+        & (cols < (left + ew).view(b, 1, 1))
+        & (u[:, 4] < p).view(b, 1, 1)
+    )
+    return x.masked_fill(box.unsqueeze(1), 0.0)
+
+
 @torch.inference_mode()
 def accuracy(model: VisionTransformer, images: torch.Tensor, labels: torch.Tensor) -> float:
     model.eval()
@@ -69,7 +90,8 @@ def accuracy(model: VisionTransformer, images: torch.Tensor, labels: torch.Tenso
 
 
 def train(args: argparse.Namespace) -> tuple[VisionTransformer, float, float]:
-    """Train with the recipe in `args`; returns the model, evaluation accuracy and seconds."""
+    """Train with the recipe in `args`; returns the model (its EMA weights when --ema is set),
+    evaluation accuracy and seconds."""
     torch.manual_seed(args.seed)
     generator = torch.Generator().manual_seed(args.seed)
     images, labels = load_digits()
@@ -78,6 +100,8 @@ def train(args: argparse.Namespace) -> tuple[VisionTransformer, float, float]:
     x_eval, y_eval = torch.from_numpy(images[eval_idx]), torch.from_numpy(labels[eval_idx])
 
     model = VisionTransformer(MNIST_CONFIG)
+    ema = VisionTransformer(MNIST_CONFIG)
+    ema.load_state_dict(model.state_dict())
     optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=args.weight_decay)
     steps_per_epoch = math.ceil(len(x_train) / args.batch_size)
     total, warmup = args.epochs * steps_per_epoch, args.warmup_epochs * steps_per_epoch
@@ -94,6 +118,8 @@ def train(args: argparse.Namespace) -> tuple[VisionTransformer, float, float]:
         loss_sum = 0.0
         for batch in order.split(args.batch_size):
             x = augment(x_train[batch].float().div(255).unsqueeze(1), generator)
+            if args.erase > 0:
+                x = erase(x, generator, args.erase)
             x = ((x - MEAN[0]) / STD[0]).expand(-1, 3, -1, -1)
             y = y_train[batch]
             logits = model(x).logits
@@ -103,12 +129,17 @@ def train(args: argparse.Namespace) -> tuple[VisionTransformer, float, float]:
             torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
             optimizer.step()
             schedule.step()
+            with torch.no_grad():
+                for e, p in zip(ema.state_dict().values(), model.state_dict().values(), strict=True):
+                    e.lerp_(p, 1 - args.ema) if args.ema else e.copy_(p)
             seen += len(y)
             correct += int((logits.argmax(1) == y).sum())
             loss_sum += loss.detach().item() * len(y)
         bar.set_postfix(loss=f"{loss_sum / seen:.3f}", train_acc=f"{correct / seen:.3f}")
     seconds = time.perf_counter() - start
-    return model, accuracy(model, x_eval, y_eval), seconds
+    if args.ema:
+        print(f"without EMA: {accuracy(model, x_eval, y_eval):.4f}")
+    return ema, accuracy(ema, x_eval, y_eval), seconds
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -121,6 +152,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--weight-decay", type=float, default=0.05)
     parser.add_argument("--warmup-epochs", type=int, default=5)
     parser.add_argument("--label-smoothing", type=float, default=0.1)
+    parser.add_argument("--ema", type=float, default=0.0, help="EMA decay of the weights (0: off)")
+    parser.add_argument("--erase", type=float, default=0.0, help="random-erasing probability")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2, help="torch CPU threads")
     args = parser.parse_args(argv)

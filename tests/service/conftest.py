@@ -54,28 +54,42 @@ def controlled(settings: Settings) -> ControlledEngine:
 
 
 @contextlib.asynccontextmanager
-async def asgi_client(
-    settings: Settings, engine_factory: Callable[[Settings], Engine] = Engine.from_settings, wait_ready: bool = True
+async def serve(
+    settings: Settings,
+    engine_factory: Callable[[Settings], Engine] = Engine.from_settings,
+    *,
+    over: str = "http",
+    wait_ready: bool = True,
 ) -> AsyncIterator[tuple[FastAPI, httpx.AsyncClient]]:
-    """The app with its lifespan running, and a client over the ASGI transport."""
+    """The app with its lifespan running and a client: over real HTTP (uvicorn on 127.0.0.1)
+    or, for unit tests, over the ASGI transport."""
+    if over == "http":
+        with live_server(settings, engine_factory, wait_ready=wait_ready) as (url, app):
+            async with httpx.AsyncClient(base_url=url, timeout=30) as client:
+                yield app, client
+        return
     app = create_app(settings, engine_factory)
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
             if wait_ready:
-                for _ in range(600):
-                    if app.state.service.status != "loading":
-                        break
-                    await asyncio.sleep(0.05)
-                assert app.state.service.status == "ready"
+                await asyncio.to_thread(_wait_ready, app)
             yield app, client
+
+
+def _wait_ready(app: FastAPI) -> None:
+    for _ in range(600):
+        if app.state.service.status != "loading":
+            break
+        time.sleep(0.05)
+    assert app.state.service.status == "ready"
 
 
 @contextlib.contextmanager
 def live_server(
-    settings: Settings, engine_factory: Callable[[Settings], Engine] = Engine.from_settings
+    settings: Settings, engine_factory: Callable[[Settings], Engine] = Engine.from_settings, wait_ready: bool = True
 ) -> Iterator[tuple[str, FastAPI]]:
-    """uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL once ready."""
+    """uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL once started (and ready)."""
     app = create_app(settings, engine_factory)
     config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
@@ -83,10 +97,12 @@ def live_server(
     thread.start()
     try:
         for _ in range(600):
-            if server.started and app.state.service.status != "loading":
+            if server.started:
                 break
             time.sleep(0.05)
-        assert app.state.service.status == "ready"
+        assert server.started
+        if wait_ready:
+            _wait_ready(app)
         port = server.servers[0].sockets[0].getsockname()[1]
         yield f"http://127.0.0.1:{port}", app
     finally:

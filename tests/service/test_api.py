@@ -1,5 +1,5 @@
-"""SPEC §4 over the ASGI transport: the three input forms, every row of the error table,
-health, models, metrics and API keys."""
+"""SPEC §4: the three input forms, every row of the error table, health, models, metrics and
+API keys, over real HTTP (uvicorn on 127.0.0.1) and, where cheap, over the ASGI transport too."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image
 
 from service.engine import Engine
 from tests.images import encode, gradient, photo, png_header_claiming
-from tests.service.conftest import asgi_client, controlled, tiny_settings
+from tests.service.conftest import controlled, serve, tiny_settings
 
 JPEG = encode(photo(), "JPEG")
 PNG = encode(gradient(), "PNG")
@@ -27,9 +27,9 @@ def error_of(response: httpx.Response) -> tuple[int, str]:
     return response.status_code, body["error"]["type"]
 
 
-@pytest.fixture
-async def client():
-    async with asgi_client(tiny_settings()) as (_, c):
+@pytest.fixture(params=["http", "asgi"])
+async def client(request):
+    async with serve(tiny_settings(), over=request.param) as (_, c):
         yield c
 
 
@@ -201,7 +201,7 @@ async def test_invalid_body_parameter(client: httpx.AsyncClient) -> None:
 
 
 async def test_size_limits() -> None:
-    async with asgi_client(tiny_settings(max_body_bytes=4096, max_images_per_request=2)) as (_, c):
+    async with serve(tiny_settings(max_body_bytes=4096, max_images_per_request=2)) as (_, c):
         big = await c.post("/v1/classify", content=b"\0" * 5000, headers={"content-type": "image/png"})
         assert error_of(big) == (413, "payload_too_large")
         body, headers = multipart([PNG, PNG, PNG])
@@ -213,7 +213,7 @@ async def test_size_limits() -> None:
 
 
 async def test_api_keys() -> None:
-    async with asgi_client(tiny_settings(api_keys="k1,k2")) as (_, c):
+    async with serve(tiny_settings(api_keys="k1,k2")) as (_, c):
         post = {"content": PNG, "headers": {"content-type": "image/png"}}
         missing = await c.post("/v1/classify", **post)
         wrong = await c.post(
@@ -242,7 +242,7 @@ async def test_readiness_before_and_after_warm_up() -> None:
         release.wait(30)
         return Engine.from_settings(settings)
 
-    async with asgi_client(tiny_settings(), slow_load, wait_ready=False) as (_, c):
+    async with serve(tiny_settings(), slow_load, wait_ready=False) as (_, c):
         assert (await c.get("/readyz")).status_code == 503
         assert (await c.get("/readyz")).json() == {"status": "loading"}
         assert (await c.get("/healthz")).status_code == 200
@@ -258,7 +258,7 @@ async def test_readiness_before_and_after_warm_up() -> None:
 
 async def test_overloaded_deadline_and_internal() -> None:
     settings = tiny_settings(max_batch_size=1, max_queue_size=2)
-    async with asgi_client(settings, controlled) as (app, c):
+    async with serve(settings, controlled) as (app, c):
         engine = app.state.service.engine
         engine.gate.clear()
         post = {"content": PNG, "headers": {"content-type": "image/png"}}
