@@ -26,6 +26,7 @@ serve: install
 lint:
 	$(BIN)/ruff check model service tests
 	$(BIN)/ruff format --check model service tests
+	$(BIN)/mypy model service
 
 test: install-test lint
 	$(BIN)/python -m pytest -q

@@ -62,7 +62,8 @@ class PreprocessConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> PreprocessConfig:
-        return cls(**{k: tuple(v) if k in ("mean", "std") else v for k, v in data.items()})
+        fields: dict[str, Any] = {k: tuple(v) if k in ("mean", "std") else v for k, v in data.items()}
+        return cls(**fields)
 
 
 # Defaults by checkpoint format (SPEC §3); HF directories read preprocessor_config.json.
@@ -78,24 +79,17 @@ def from_hf_processor(data: dict[str, Any], image_size: int) -> PreprocessConfig
     resample = data.get("resample", 2)
     if resample not in _HF_RESAMPLE:
         raise ValueError(f"preprocessor_config.json: resample {resample} is not bilinear (2) or bicubic (3)")
-    mean = tuple(data.get("image_mean", HF_DEFAULTS.mean)) if data.get("do_normalize", True) else (0.0,) * 3
-    std = tuple(data.get("image_std", HF_DEFAULTS.std)) if data.get("do_normalize", True) else (1.0,) * 3
-    size = data.get("size", {})
-    crop = data.get("crop_size", {})
-    if data.get("do_center_crop") and "shortest_edge" in size and crop:
-        return PreprocessConfig(
-            resize_mode="crop",
-            crop_pct=crop.get("height", image_size) / size["shortest_edge"],
-            interpolation=_HF_RESAMPLE[resample],  # type: ignore[arg-type]
-            mean=mean,  # type: ignore[arg-type]
-            std=std,  # type: ignore[arg-type]
-        )
-    return PreprocessConfig(
-        resize_mode="squash",
-        interpolation=_HF_RESAMPLE[resample],
-        mean=mean,
-        std=std,  # type: ignore[arg-type]
-    )
+    normalize = data.get("do_normalize", True)
+    fields: dict[str, Any] = {
+        "resize_mode": "squash",
+        "interpolation": _HF_RESAMPLE[resample],
+        "mean": tuple(data.get("image_mean", HF_DEFAULTS.mean)) if normalize else (0.0, 0.0, 0.0),
+        "std": tuple(data.get("image_std", HF_DEFAULTS.std)) if normalize else (1.0, 1.0, 1.0),
+    }
+    size, crop = data.get("size", {}), data.get("crop_size", {})
+    if data.get("do_center_crop") and "shortest_edge" in size and crop:  # DeiT-style: resize, then centre crop
+        fields |= {"resize_mode": "crop", "crop_pct": crop.get("height", image_size) / size["shortest_edge"]}
+    return PreprocessConfig(**fields)
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -128,12 +122,12 @@ def to_rgb(image: Image.Image) -> Image.Image:
     mode = image.mode
     if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
         array = np.asarray(image, dtype=np.int64 if mode == "I" else np.uint16)
-        peak = 65535 if mode != "I" or array.max() > 255 else 255
+        peak = 65535.0 if mode != "I" or array.max() > 255 else 255.0
         image = Image.fromarray((array.clip(0, peak) * (255 / peak) + 0.5).astype(np.uint8), mode="L")
     elif mode == "F":
-        array = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0)
-        peak = 1.0 if array.max() <= 1.0 else 255.0
-        image = Image.fromarray((array.clip(0, peak) * (255 / peak) + 0.5).astype(np.uint8), mode="L")
+        floats = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0)
+        peak = 1.0 if floats.max() <= 1.0 else 255.0
+        image = Image.fromarray((floats.clip(0, peak) * (255 / peak) + 0.5).astype(np.uint8), mode="L")
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):

@@ -119,8 +119,9 @@ class VisionTransformer(nn.Module):
 
     def set_fused_attention(self, fused: bool) -> None:
         """Switch every block between SDPA and the explicit-softmax reference."""
-        for block in self.blocks:
-            block.attn.fused = fused
+        for module in self.modules():
+            if isinstance(module, Attention):
+                module.fused = fused
 
     def layer_index(self, layer: int) -> int:
         """Normalise a hidden-state index: 0 is z_0, L is z_L, negatives count from z_L (-1)."""

@@ -116,8 +116,9 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, RequestValidationError)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid parameter"}
-        where = ".".join(str(p) for p in first["loc"] if p not in ("query", "body"))
-        return await service_error(request, InvalidParameter(f"{where}: {first['msg']}" if where else first["msg"]))
+        where = ".".join(str(p) for p in first["loc"] if p not in ("query", "body", "header"))
+        message = str(first["msg"])
+        return await service_error(request, InvalidParameter(f"{where}: {message}" if where else message))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)

@@ -10,7 +10,7 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,7 +73,7 @@ async def parse_images(request: Request, max_body: int, max_images: int) -> Pars
 
 
 async def _multipart(request: Request, body: bytes, max_images: int) -> ParsedInput:
-    async def replay() -> AsyncIterator[bytes]:
+    async def replay() -> AsyncGenerator[bytes, None]:
         yield body
 
     # Part counts are bounded by the parser itself (starlette's max_files / max_fields).

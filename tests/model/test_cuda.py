@@ -1,0 +1,37 @@
+"""The CUDA paths: dtypes on the GPU, and the engine's pinned, non-blocking staging."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from model.config import preset
+from model.vit import VisionTransformer
+
+pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA); none is present")
+
+
+@pytest.mark.parametrize(("dtype", "tol"), [(torch.float32, 1e-4), (torch.float16, 1e-2), (torch.bfloat16, 5e-2)])
+@torch.inference_mode()
+def test_gpu_matches_cpu_float32(dtype: torch.dtype, tol: float) -> None:
+    torch.manual_seed(0)
+    cpu = VisionTransformer(preset("vit_test_tiny")).eval()
+    gpu = VisionTransformer(cpu.cfg).eval()
+    gpu.load_state_dict(cpu.state_dict())
+    gpu = gpu.to("cuda", dtype)
+    x = torch.randn(8, 3, 32, 32)
+    ref = cpu(x)
+    out = gpu(x.to("cuda", dtype))
+    assert (out.embedding.float().cpu() - ref.embedding).abs().max() <= tol * ref.embedding.abs().max()
+
+
+def test_engine_stages_through_pinned_memory_and_normalises_on_the_gpu() -> None:
+    from service.engine import Engine
+    from service.settings import Settings
+
+    engine = Engine.from_settings(Settings(_env_file=None, model="vit_test_tiny", device="cuda", compile=False))
+    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(4)]
+    staged = engine.stage(images)
+    assert staged.device.type == "cuda" and staged.dtype == torch.bfloat16
+    out = engine.forward(staged)
+    assert out.embeddings.shape == (4, 48) and torch.isfinite(out.embeddings).all()
