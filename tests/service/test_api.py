@@ -263,10 +263,11 @@ async def test_overloaded_deadline_and_internal() -> None:
         engine.gate.clear()
         post = {"content": PNG, "headers": {"content-type": "image/png"}}
         held = [asyncio.create_task(c.post("/v1/classify", **post)) for _ in range(4)]  # 1 running, 1 staged, 2 queued
-        for _ in range(100):
+        for _ in range(1500):  # generous: the requests must all have arrived, even on a loaded machine
             if app.state.service.batcher.queue_depth == 2:
                 break
             await asyncio.sleep(0.02)
+        assert app.state.service.batcher.queue_depth == 2
         full = await c.post("/v1/classify", **post)
         assert error_of(full) == (503, "overloaded") and full.headers["retry-after"] == "1"
         late = await c.post(
