@@ -101,6 +101,11 @@ class Batcher(Generic[Staged]):
     def queue_depth(self) -> int:
         return len(self._queue)
 
+    @property
+    def in_flight(self) -> int:
+        """Batches taken from the queue and not yet answered (running, or staged behind it)."""
+        return self._in_flight
+
     async def drain(self, timeout_s: float) -> bool:
         """Stop taking new items, finish everything queued and in flight; True if all finished."""
         self._accepting = False

@@ -10,12 +10,11 @@ import base64
 import binascii
 import json
 import re
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass, field
 from typing import Any
 
-from starlette.datastructures import UploadFile
-from starlette.formparsers import MultiPartException, MultiPartParser
+from python_multipart.exceptions import MultipartParseError
+from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
 from service.errors import InvalidRequest, PayloadTooLarge, UnsupportedMediaType
@@ -60,7 +59,7 @@ async def parse_images(request: Request, max_body: int, max_images: int) -> Pars
     if not body:
         raise InvalidRequest("the request body is empty")
     if media_type == "multipart/form-data":
-        parsed = await _multipart(request, body, max_images)
+        parsed = _multipart(content_type, body, max_images)
     elif media_type == "application/json":
         parsed = _json(body)
     else:
@@ -72,29 +71,70 @@ async def parse_images(request: Request, max_body: int, max_images: int) -> Pars
     return parsed
 
 
-async def _multipart(request: Request, body: bytes, max_images: int) -> ParsedInput:
-    async def replay() -> AsyncGenerator[bytes, None]:
-        yield body
+class _MultipartCollector:
+    """Collects the file parts named `image` of a multipart body held in memory.
 
-    # Part counts are bounded by the parser itself (starlette's max_files / max_fields).
-    parser = MultiPartParser(request.headers, replay(), max_files=max_images + 1, max_fields=32)
+    python-multipart's streaming parser writes into plain bytes: no temporary files, nothing
+    left open when a body is cut short, and at most `max_parts` parts of any name.
+    """
+
+    def __init__(self, max_parts: int) -> None:
+        self.max_parts = max_parts
+        self.parts = 0
+        self.images: list[bytes] = []
+        self._field, self._value = bytearray(), bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._data: bytearray | None = None
+
+    def callbacks(self) -> Any:  # python-multipart types this as its own TypedDict
+        return {
+            "on_part_begin": self._begin,
+            "on_header_field": lambda d, a, b: self._field.extend(d[a:b]),
+            "on_header_value": lambda d, a, b: self._value.extend(d[a:b]),
+            "on_header_end": self._header_end,
+            "on_headers_finished": self._headers_finished,
+            "on_part_data": lambda d, a, b: self._data.extend(d[a:b]) if self._data is not None else None,
+            "on_part_end": self._end,
+        }
+
+    def _begin(self) -> None:
+        self.parts += 1
+        if self.parts > self.max_parts:
+            raise PayloadTooLarge(f"too many multipart parts: at most {self.max_parts}")
+        self._headers, self._data = {}, None
+
+    def _header_end(self) -> None:
+        self._headers[bytes(self._field).lower()] = bytes(self._value)
+        self._field.clear()
+        self._value.clear()
+
+    def _headers_finished(self) -> None:
+        _, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if options.get(b"name") != b"image":
+            return  # another field: ignored, but counted
+        if b"filename" not in options:
+            raise InvalidRequest("multipart part 'image' must be a file part (with a filename)")
+        self._data = bytearray()
+
+    def _end(self) -> None:
+        if self._data is not None:
+            self.images.append(bytes(self._data))
+            self._data = None
+
+
+def _multipart(content_type: str, body: bytes, max_images: int) -> ParsedInput:
+    _, options = parse_options_header(content_type)
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise InvalidRequest("malformed multipart body: the Content-Type has no boundary")
+    collector = _MultipartCollector(max_parts=max_images + 16)
     try:
-        form = await parser.parse()
-    except MultiPartException as exc:
-        if "Too many" in exc.message:
-            raise PayloadTooLarge(f"too many parts: at most {max_images} images per request") from None
-        raise InvalidRequest(f"malformed multipart body: {exc.message}") from None
-    try:
-        images: list[bytes] = []
-        for name, value in form.multi_items():
-            if name != "image":
-                continue
-            if not isinstance(value, UploadFile):
-                raise InvalidRequest("multipart part 'image' must be a file part (with a filename)")
-            images.append(await value.read())
-        return ParsedInput(images)
-    finally:
-        await form.close()
+        parser = MultipartParser(boundary, collector.callbacks())
+        parser.write(body)
+        parser.finalize()
+    except (MultipartParseError, ValueError) as exc:
+        raise InvalidRequest(f"malformed multipart body: {exc}") from None
+    return ParsedInput(collector.images)
 
 
 def _json(body: bytes) -> ParsedInput:

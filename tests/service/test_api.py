@@ -256,30 +256,34 @@ async def test_readiness_before_and_after_warm_up() -> None:
         assert (await c.get("/readyz")).json() == {"status": "ready"}
 
 
+async def until(condition, seconds: float = 30.0) -> None:
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")
+
+
 async def test_overloaded_deadline_and_internal() -> None:
     settings = tiny_settings(max_batch_size=1, max_queue_size=2)
     async with serve(settings, controlled) as (app, c):
-        engine = app.state.service.engine
+        engine, batcher = app.state.service.engine, app.state.service.batcher
         engine.gate.clear()
         post = {"content": PNG, "headers": {"content-type": "image/png"}}
-        held = [asyncio.create_task(c.post("/v1/classify", **post)) for _ in range(4)]  # 1 running, 1 staged, 2 queued
-        for _ in range(1500):  # generous: the requests must all have arrived, even on a loaded machine
-            if app.state.service.batcher.queue_depth == 2:
-                break
-            await asyncio.sleep(0.02)
-        assert app.state.service.batcher.queue_depth == 2
-        full = await c.post("/v1/classify", **post)
-        assert error_of(full) == (503, "overloaded") and full.headers["retry-after"] == "1"
-        late = await c.post(
-            "/v1/classify", content=PNG, headers={"content-type": "image/png", "x-request-timeout": "0.05"}
-        )
-        assert error_of(late) == (503, "overloaded")  # still full: refused at once, not queued
+        # Fill the pipeline one request at a time: one running, one staged behind it, two queued.
+        held = []
+        for in_flight, depth in [(1, 0), (2, 0), (2, 1), (2, 2)]:
+            held.append(asyncio.create_task(c.post("/v1/classify", **post)))
+            await until(lambda f=in_flight, d=depth: batcher.in_flight == f and batcher.queue_depth == d)
+        burst = await asyncio.gather(*(c.post("/v1/classify", **post) for _ in range(5)))
+        assert [error_of(r) for r in burst] == [(503, "overloaded")] * 5  # refused at once, none queued
+        assert all(r.headers["retry-after"] == "1" for r in burst)
         engine.gate.set()
-        assert all(r.status_code == 200 for r in await asyncio.gather(*held))
+        assert [r.status_code for r in await asyncio.gather(*held)] == [200] * 4
 
         engine.gate.clear()
         blocked = asyncio.create_task(c.post("/v1/classify", **post))
-        await asyncio.sleep(0.1)
+        await until(lambda: batcher.in_flight == 1)
         timed_out = await c.post(
             "/v1/classify", content=PNG, headers={"content-type": "image/png", "x-request-timeout": "0.2"}
         )
@@ -294,7 +298,7 @@ async def test_overloaded_deadline_and_internal() -> None:
         engine.fail = False
         assert (await c.post("/v1/classify", **post)).status_code == 200
         text = (await c.get("/metrics")).text
-        assert 'vit_rejected_total{reason="queue_full"} 2.0' in text
+        assert 'vit_rejected_total{reason="queue_full"} 5.0' in text
         assert 'vit_rejected_total{reason="deadline"} 1.0' in text
 
 

@@ -3,47 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
-import socket
-import subprocess
-import sys
-import time
 
 import httpx
 
 from tests.images import encode, gradient
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def start(port: int, **env: str) -> subprocess.Popen[str]:
-    environ = {**os.environ, "VIT_HOST": "127.0.0.1", "VIT_PORT": str(port), **env}
-    return subprocess.Popen([sys.executable, "-m", "service"], env=environ, stderr=subprocess.PIPE, text=True)
-
-
-def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 120) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the server did not become ready")
+from tests.service.conftest import free_port, start_server, wait_ready
 
 
 def test_sigterm_drains_queued_requests_and_logs_carry_request_ids() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     # a model slow enough on the CPU (~tens of ms a pass) that requests are still queued at SIGTERM
-    proc = start(port, VIT_MODEL="vit_small_patch16_224", VIT_MAX_BATCH_SIZE="2", VIT_SHUTDOWN_TIMEOUT_S="60")
+    proc = start_server(port, VIT_MODEL="vit_small_patch16_224", VIT_MAX_BATCH_SIZE="2", VIT_SHUTDOWN_TIMEOUT_S="60")
     try:
         wait_ready(url, proc)
         png = encode(gradient(64, 64), "PNG")
