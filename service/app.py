@@ -85,14 +85,20 @@ async def _start(state: ServiceState, engine_factory: Callable[[Settings], Engin
         log.exception("start-up failed")
 
 
-async def _stop(state: ServiceState, loader: asyncio.Task[None]) -> None:
-    """Stop taking requests, answer everything queued and in flight, then release threads."""
+async def drain(state: ServiceState) -> None:
+    """Turn `draining` (readiness 503, new requests 503 not_ready), then answer everything
+    queued and in flight, for at most VIT_SHUTDOWN_TIMEOUT_S. Safe to call twice."""
     state.status = "draining"
-    loader.cancel()
-    await asyncio.gather(loader, return_exceptions=True)
-    if state.batcher is not None:
+    if state.batcher is not None and state.batcher.running:
         finished = await state.batcher.drain(state.settings.shutdown_timeout_s)
         log.info("drained the queue" if finished else "shutdown timeout: unfinished requests were answered 503")
+
+
+async def _stop(state: ServiceState, loader: asyncio.Task[None]) -> None:
+    """Stop loading if still loading, drain, and release the decoding threads."""
+    loader.cancel()
+    await asyncio.gather(loader, return_exceptions=True)
+    await drain(state)
     if state.decode_pool is not None:
         state.decode_pool.shutdown(wait=False, cancel_futures=True)
 

@@ -118,16 +118,21 @@ class Batcher(Generic[Staged]):
         return finished
 
     async def close(self) -> None:
+        """Stop now: every item still queued, staged or running is answered 503."""
         self._accepting = False
         if self._task is not None and not self._task.done():
             self._task.cancel()
             await asyncio.gather(self._task, return_exceptions=True)
+        for task in list(self._running):
+            task.cancel()
+        await asyncio.gather(*self._running, return_exceptions=True)
         for item in self._queue:
             if not item.future.done():
                 item.future.set_exception(NotReady("the service is shutting down"))
         self._queue.clear()
+        # Never block the event loop: a forward pass still running finishes on its own thread.
         self._stage_pool.shutdown(wait=False, cancel_futures=True)
-        self._infer_pool.shutdown(wait=True)
+        self._infer_pool.shutdown(wait=False, cancel_futures=True)
 
     def _on_collector_exit(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -242,6 +247,11 @@ class Batcher(Generic[Staged]):
         try:
             staged = await loop.run_in_executor(self._stage_pool, self._stage, [i.image for i in batch])
             output, batch = await loop.run_in_executor(self._infer_pool, self._compute, staged, batch)
+        except asyncio.CancelledError:  # closed while staged or running: still one answer each
+            for item in batch:
+                if not item.future.done():
+                    item.future.set_exception(NotReady("the service is shutting down"))
+            raise
         except Exception:  # the model failed: only this batch's items hear of it
             log.exception("inference failed for a batch of %d", len(batch))
             for item in batch:

@@ -12,7 +12,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from service.batching import Batcher, BatchOutput
-from service.errors import DeadlineExceeded, InferenceFailed, Overloaded
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.metrics import Metrics
 
 
@@ -248,3 +248,32 @@ def test_concurrent_submitters_each_get_their_own_results(sizes: list[int], max_
         await batcher.close()
 
     asyncio.run(scenario())
+
+
+async def test_close_answers_everything_queued_staged_or_running() -> None:
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model, max_batch_size=1)
+    tasks = [asyncio.create_task(batcher.submit([image(i)], later())) for i in range(4)]
+    await asyncio.sleep(0.05)  # 0 running, 1 staged, 2 and 3 queued
+    closing = asyncio.create_task(batcher.close())
+    await asyncio.sleep(0.05)
+    model.gate.set()  # let the running forward pass return so the inference thread can stop
+    await closing
+    results = await asyncio.gather(*tasks, return_exceptions=True)
+    assert all(isinstance(r, NotReady) for r in results)
+
+
+async def test_a_dead_batch_loop_fails_its_queue_and_stops_running() -> None:
+    model = FakeModel()
+    batcher = make(model)
+
+    async def broken() -> list:
+        raise RuntimeError("a bug in the batch loop")
+
+    batcher._next_batch = broken  # type: ignore[method-assign]  # the loop's own code fails
+    with pytest.raises((InferenceFailed, NotReady)):
+        await batcher.submit([image(1)], later())
+    await asyncio.sleep(0.01)
+    assert not batcher.running and isinstance(batcher.failure, RuntimeError)
+    await batcher.close()
