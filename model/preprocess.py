@@ -20,6 +20,12 @@ ResizeMode = Literal["squash", "crop"]
 Interpolation = Literal["bilinear", "bicubic"]
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+
+# Pillow warns, rather than raises, about corrupt TIFF tags and large images; this module decides
+# itself what to refuse (open_image, load_image). Filters set once here, since catch_warnings is
+# not thread-safe and decoding runs on a pool of threads.
+warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
+warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
 
 
@@ -97,9 +103,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     if not data:
         raise ImageError("empty image")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            image = Image.open(io.BytesIO(data))
+        image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"image header claims more pixels than the limit ({max_pixels})") from None
     except (OSError, SyntaxError, ValueError) as exc:

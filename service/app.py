@@ -128,8 +128,9 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         assert isinstance(exc, StarletteHTTPException)
-        if exc.status_code == 405:
-            return await service_error(request, MethodNotAllowed(f"{request.method} is not allowed here"))
+        if exc.status_code == 405:  # keeps starlette's Allow header
+            error = MethodNotAllowed(f"{request.method} is not allowed here", dict(exc.headers or {}))
+            return await service_error(request, error)
         return await service_error(request, NotFound(f"no route {request.url.path}"))
 
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:

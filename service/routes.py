@@ -175,7 +175,7 @@ TimeoutHeader = Annotated[float | None, Header(alias="X-Request-Timeout", descri
 async def classify(
     request: Request,
     state: Ready,
-    top_k: Annotated[int | None, Query(description="predictions per image (1 … classes, default 5)")] = None,
+    top_k: Annotated[int | None, Query(ge=1, description="predictions per image (1 … classes, default 5)")] = None,
     x_request_timeout: TimeoutHeader = None,
 ) -> JSONResponse:
     """Top-k labels for each image."""
