@@ -27,6 +27,7 @@ lint:
 	$(BIN)/ruff check model service tests
 	$(BIN)/ruff format --check model service tests
 	$(BIN)/mypy model service
+	$(BIN)/bandit -q -r model service
 
 test: install-test lint
 	$(BIN)/python -m pytest -q

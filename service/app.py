@@ -11,7 +11,7 @@ import uuid
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
-from typing import Any
+from typing import Any, cast
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -113,21 +113,21 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     """Every error becomes SPEC §4's body here, and only here."""
 
     async def service_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, ServiceError)
+        exc = cast(ServiceError, exc)
         if exc.status >= 500 and exc.status != 503 and exc.status != 504:
             log.error("%s: %s", exc.type, exc.message)
         state.metrics.rejected.labels(reason=exc.reason).inc()
         return error_response(exc)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, RequestValidationError)
+        exc = cast(RequestValidationError, exc)
         first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid parameter"}
         where = ".".join(str(p) for p in first["loc"] if p not in ("query", "body", "header"))
         message = str(first["msg"])
         return await service_error(request, InvalidParameter(f"{where}: {message}" if where else message))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
-        assert isinstance(exc, StarletteHTTPException)
+        exc = cast(StarletteHTTPException, exc)
         if exc.status_code == 405:  # keeps starlette's Allow header
             error = MethodNotAllowed(f"{request.method} is not allowed here", dict(exc.headers or {}))
             return await service_error(request, error)

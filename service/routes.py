@@ -6,6 +6,8 @@ import asyncio
 import base64
 import hmac
 import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
 import torch
@@ -16,9 +18,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
 from model.preprocess import ImageError, ImageTooLarge, UnsupportedImageFormat, load_image
 from service import schemas
-from service.batching import ItemResult
+from service.batching import Batcher, ItemResult
+from service.engine import Engine
 from service.errors import (
     DeadlineExceeded,
+    InferenceFailed,
     InvalidImage,
     InvalidParameter,
     NotReady,
@@ -28,6 +32,8 @@ from service.errors import (
     UnsupportedMediaType,
 )
 from service.inputs import parse_images
+from service.metrics import Metrics
+from service.settings import Settings
 from service.state import ServiceState
 
 ENDPOINTS = frozenset({"/v1/classify", "/v1/embeddings", "/v1/models", "/healthz", "/readyz", "/metrics"})
@@ -58,14 +64,27 @@ def require_api_key(state: State, authorization: Annotated[str | None, Header()]
         raise Unauthorized()
 
 
-def require_ready(state: State) -> ServiceState:
+@dataclass(frozen=True)
+class Serving:
+    """The parts of a ready service, every one present: what the model routes work with."""
+
+    settings: Settings
+    metrics: Metrics
+    engine: Engine
+    batcher: Batcher
+    decode_pool: ThreadPoolExecutor
+    max_batch_size: int
+
+
+def require_ready(state: State) -> Serving:
     status = state.readiness
-    if status != "ready":
+    engine, batcher, pool = state.engine, state.batcher, state.decode_pool
+    if status != "ready" or engine is None or batcher is None or pool is None:
         raise NotReady(f"the service is {status}")
-    return state
+    return Serving(state.settings, state.metrics, engine, batcher, pool, state.max_batch_size)
 
 
-Ready = Annotated[ServiceState, Depends(require_ready)]
+Ready = Annotated[Serving, Depends(require_ready)]
 Authorized = [Depends(require_api_key)]
 
 
@@ -96,7 +115,7 @@ def _merge(model: type[BaseModel], query: dict[str, Any], body: dict[str, Any]) 
 
 async def _infer(
     request: Request,
-    state: ServiceState,
+    state: Serving,
     endpoint: str,
     params_model: type[BaseModel],
     query: dict[str, Any],
@@ -116,7 +135,6 @@ async def _infer(
     parsed = await parse_images(request, settings.max_body_bytes, settings.max_images_per_request)
     params = _merge(params_model, query, parsed.params)
     images = await asyncio.gather(*(_decode(state, data, i) for i, data in enumerate(parsed.images)))
-    assert state.batcher is not None
     submit = asyncio.ensure_future(state.batcher.submit(list(images), deadline))
     gone = asyncio.ensure_future(_client_gone(request))
     try:
@@ -144,8 +162,7 @@ async def _client_gone(request: Request) -> None:
         pass
 
 
-async def _decode(state: ServiceState, data: bytes, index: int) -> torch.Tensor:
-    assert state.engine is not None and state.decode_pool is not None
+async def _decode(state: Serving, data: bytes, index: int) -> torch.Tensor:
     engine, settings = state.engine, state.settings
     start = time.perf_counter()
     try:
@@ -179,7 +196,6 @@ async def classify(
     x_request_timeout: TimeoutHeader = None,
 ) -> JSONResponse:
     """Top-k labels for each image."""
-    assert state.engine is not None
     labels = state.engine.labels
     if not labels:
         raise InvalidParameter("this model has no classification head; use /v1/embeddings")
@@ -189,7 +205,8 @@ async def classify(
     k = params.top_k
     out = []
     for result in results:
-        assert result.probs is not None
+        if result.probs is None:  # labels exist only for a model with a head
+            raise InferenceFailed("the model returned no class scores")
         scores, indices = result.probs.topk(k)
         out.append(
             {
@@ -217,7 +234,6 @@ async def embeddings(
     x_request_timeout: TimeoutHeader = None,
 ) -> JSONResponse:
     """The [class]-token embedding y = LN(z_L⁰) of each image."""
-    assert state.engine is not None
     query = {"normalize": normalize, "encoding_format": encoding_format}
     results, params = await _infer(request, state, "/v1/embeddings", EmbeddingParams, query, x_request_timeout)
     data = []
@@ -236,7 +252,6 @@ async def embeddings(
 @router.get("/v1/models", response_model=schemas.ModelsResponse, dependencies=Authorized)
 async def models(state: Ready) -> dict[str, Any]:
     engine = state.engine
-    assert engine is not None
     cfg, ckpt = engine.model.cfg, engine.checkpoint
     return {
         "data": [

@@ -35,7 +35,8 @@ class Settings(BaseSettings):
     max_image_pixels: int = Field(40_000_000, ge=1, le=178_956_970)  # Pillow's own bomb limit is above
     decode_threads: int | None = Field(None, ge=1, le=256, description="image decoding threads (default: cores)")
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated bearer keys")
-    host: str = "0.0.0.0"
+    # A container's server must listen on all interfaces; set VIT_HOST=127.0.0.1 on a shared host.
+    host: str = "0.0.0.0"  # nosec B104
     port: int = Field(8000, ge=0, le=65535)
     log_level: Literal["debug", "info", "warning", "error"] = "info"
     resize_mode: Literal["squash", "crop"] | None = None
