@@ -7,7 +7,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUILTIN_MODEL = "vit-mnist"
@@ -83,6 +83,15 @@ class Settings(BaseSettings):
             raise ValueError(f"{value} does not exist")
         return value
 
+    @model_validator(mode="after")
+    def _queue_holds_a_request(self) -> Settings:
+        if self.max_queue_size is not None and self.max_queue_size < self.max_images_per_request:
+            raise ValueError(
+                f"VIT_MAX_QUEUE_SIZE ({self.max_queue_size}) is below VIT_MAX_IMAGES_PER_REQUEST "
+                f"({self.max_images_per_request}): the largest requests could never be admitted"
+            )
+        return self
+
     @property
     def threads(self) -> int:
         return self.decode_threads or max(1, os.cpu_count() or 1)
@@ -93,7 +102,9 @@ def describe_error(error: ValidationError) -> str:
     first = error.errors()[0]
     name = "_".join(str(p) for p in first["loc"] if isinstance(p, str)).upper()
     message = first["msg"].removeprefix("Value error, ")
-    where = f"VIT_{name}" if name else "settings"
+    if not name:  # a check across settings names them in its message
+        return f"invalid settings: {message}"
+    where = f"VIT_{name}"
     value = first.get("input")
     shown = f" (got {value!r})" if name and isinstance(value, str | int | float) else ""
     return f"invalid setting {where}: {message}{shown}"

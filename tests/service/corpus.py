@@ -111,6 +111,7 @@ CASES: list[Case] = [
     ),
     Case("top_k a huge number", as_json(f'{{"images": ["{b64(PNG)}"], "top_k": 1e400}}'), 422, "invalid_parameter"),
     Case("unknown body parameter", as_json(f'{{"images": ["{b64(PNG)}"], "topk": 3}}'), 422, "invalid_parameter"),
+    Case("image given as a URL", as_json('{"images": ["https://example.com/cat.jpg"]}'), 400, "invalid_request"),
     Case("base64 of text", as_json(f'{{"images": ["{b64(b"hello world")}"]}}'), 400, "invalid_image"),
     Case("truncated jpeg", raw(JPEG[: len(JPEG) // 3], "image/jpeg"), 400, "invalid_image"),
     Case("truncated png", raw(PNG[:100]), 400, "invalid_image"),

@@ -265,7 +265,7 @@ async def until(condition, seconds: float = 30.0) -> None:
 
 
 async def test_overloaded_deadline_and_internal() -> None:
-    settings = tiny_settings(max_batch_size=1, max_queue_size=2)
+    settings = tiny_settings(max_batch_size=1, max_queue_size=2, max_images_per_request=2)
     async with serve(settings, controlled) as (app, c):
         engine, batcher = app.state.service.engine, app.state.service.batcher
         engine.gate.clear()

@@ -69,3 +69,11 @@ def test_cli_help_lists_every_setting() -> None:
     run = subprocess.run([sys.executable, "-m", "service", "--help"], capture_output=True, text=True, timeout=120)
     for flag in ("--max-batch-size", "--max-wait-ms", "--checkpoint", "--api-keys", "--resize-mode", "--port"):
         assert flag in run.stdout
+
+
+def test_cli_refuses_a_queue_smaller_than_a_request() -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "service", "--max-queue-size", "8"], capture_output=True, text=True, timeout=120
+    )
+    assert run.returncode == 2
+    assert "VIT_MAX_QUEUE_SIZE" in run.stderr and len(run.stderr.strip().splitlines()) == 1
