@@ -86,11 +86,16 @@ async def _start(state: ServiceState, engine_factory: Callable[[Settings], Engin
 
 
 async def drain(state: ServiceState) -> None:
-    """Turn `draining` (readiness 503, new requests 503 not_ready), then answer everything
-    queued and in flight, for at most VIT_SHUTDOWN_TIMEOUT_S. Safe to call twice."""
+    """Turn `draining` (readiness 503, new requests 503 not_ready), then answer every admitted
+    request, those still being decoded included, for at most VIT_SHUTDOWN_TIMEOUT_S; what is
+    left after that gets 503. Safe to call twice."""
     state.status = "draining"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + state.settings.shutdown_timeout_s
+    while state.admitted and loop.time() < deadline:
+        await asyncio.sleep(0.005)
     if state.batcher is not None and state.batcher.running:
-        finished = await state.batcher.drain(state.settings.shutdown_timeout_s)
+        finished = await state.batcher.drain(max(0.0, deadline - loop.time())) and not state.admitted
         log.info("drained the queue" if finished else "shutdown timeout: unfinished requests were answered 503")
 
 

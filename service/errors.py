@@ -62,6 +62,13 @@ class InferenceFailed(ServiceError):
     status, type, reason = 500, "internal", "internal"
 
 
+class ClientDisconnected(ServiceError):
+    """The client left first. Nobody reads this answer; it exists for the request metrics and
+    the log (nginx's 499)."""
+
+    status, type, reason = 499, "client_closed_request", "client_gone"
+
+
 class NotFound(ServiceError):
     status, type, reason = 404, "not_found", "not_found"
 

@@ -6,6 +6,7 @@ import asyncio
 import base64
 import hmac
 import time
+from collections.abc import AsyncIterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
@@ -21,13 +22,13 @@ from service import schemas
 from service.batching import Batcher, ItemResult
 from service.engine import Engine
 from service.errors import (
+    ClientDisconnected,
     DeadlineExceeded,
     InferenceFailed,
     InvalidImage,
     InvalidParameter,
     NotReady,
     PayloadTooLarge,
-    ServiceError,
     Unauthorized,
     UnsupportedMediaType,
 )
@@ -51,7 +52,7 @@ def get_state(request: Request) -> ServiceState:
 State = Annotated[ServiceState, Depends(get_state)]
 
 
-def require_api_key(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
+async def require_api_key(state: State, authorization: Annotated[str | None, Header()] = None) -> None:
     """Bearer keys, compared in constant time against every key; one answer whatever failed."""
     keys = state.settings.api_keys
     if not keys:
@@ -76,12 +77,18 @@ class Serving:
     max_batch_size: int
 
 
-def require_ready(state: State) -> Serving:
+async def require_ready(state: State) -> AsyncIterator[Serving]:
+    """Admit a request only while ready, and count it until it is answered: draining waits
+    for every admitted request, those still being decoded included."""
     status = state.readiness
     engine, batcher, pool = state.engine, state.batcher, state.decode_pool
     if status != "ready" or engine is None or batcher is None or pool is None:
         raise NotReady(f"the service is {status}")
-    return Serving(state.settings, state.metrics, engine, batcher, pool, state.max_batch_size)
+    state.admitted += 1
+    try:
+        yield Serving(state.settings, state.metrics, engine, batcher, pool, state.max_batch_size)
+    finally:
+        state.admitted -= 1
 
 
 Ready = Annotated[Serving, Depends(require_ready)]
@@ -148,12 +155,6 @@ async def _infer(
     results = submit.result()
     state.metrics.images.labels(endpoint=endpoint).inc(len(results))
     return results, params
-
-
-class ClientDisconnected(ServiceError):
-    """Nobody reads this answer; it exists for the request metrics and the log (nginx's 499)."""
-
-    status, type, reason = 499, "client_closed_request", "client_gone"
 
 
 async def _client_gone(request: Request) -> None:

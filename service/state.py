@@ -22,6 +22,7 @@ class ServiceState:
     engine: Engine | None = None
     batcher: Batcher | None = None
     decode_pool: ThreadPoolExecutor | None = None
+    admitted: int = 0  # requests past the readiness check and not yet answered
 
     @property
     def readiness(self) -> Status:

@@ -14,20 +14,22 @@ from tests.service.conftest import free_port, start_server, wait_ready
 
 PNG = encode(gradient(64, 64), "PNG")
 # A model slow enough on the CPU (tens of ms a pass) that requests are still queued at SIGTERM.
-SLOW = {"VIT_MODEL": "vit_small_patch16_224", "VIT_MAX_BATCH_SIZE": "1"}
+SLOW = {"VIT_MODEL": "vit_small_patch16_224", "VIT_MAX_BATCH_SIZE": "1", "VIT_MAX_QUEUE_SIZE": "1000"}
 
 
 async def queue_then_sigterm(url: str, proc, n: int) -> tuple[list[httpx.Response], dict[str, object]]:
     """Queue n requests, SIGTERM once the queue holds work, and look at the server while it drains."""
-    async with httpx.AsyncClient(base_url=url, timeout=120) as client:
+    limits = httpx.Limits(max_connections=n + 8)  # every request on its own connection, at once
+    async with httpx.AsyncClient(base_url=url, timeout=120, limits=limits) as client:
         post = {"content": PNG, "headers": {"content-type": "image/png"}}
         tasks = [asyncio.create_task(client.post("/v1/embeddings", **post)) for _ in range(n)]
-        while True:
+        for _ in range(3000):
             lines = (await client.get("/metrics")).text.splitlines()
             depth = next(float(x.split()[1]) for x in lines if x.startswith("vit_queue_depth "))
             if depth >= n // 2:
                 break
             await asyncio.sleep(0.01)
+        assert depth >= n // 2, f"only {depth} queued"
         sent = time.monotonic()
         proc.send_signal(signal.SIGTERM)
         await asyncio.sleep(0.05)
