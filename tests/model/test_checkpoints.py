@@ -263,3 +263,12 @@ def test_native_save_writes_config_labels_and_preprocessing(reference, tmp_path:
 def _saved_hf(reference, tmp_path: Path) -> Path:
     reference[0].save_pretrained(tmp_path / "hf")
     return tmp_path / "hf"
+
+
+def test_hf_directory_with_pytorch_model_bin(reference, tmp_path: Path) -> None:
+    reference[0].save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").unlink()
+    torch.save(hub_layout(hf_tensors(reference[0])), tmp_path / "pytorch_model.bin")
+    ckpt = load_checkpoint(tmp_path)
+    assert ckpt.path == tmp_path and ckpt.sha256 is not None
+    assert_matches(ckpt.model, reference)

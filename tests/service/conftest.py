@@ -137,3 +137,12 @@ def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 120) -> N
             pass
         time.sleep(0.1)
     raise AssertionError("the server did not become ready")
+
+
+async def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:
+    """Wait for a condition on the server's state (polled every 10 ms), or fail."""
+    for _ in range(int(seconds / 0.01)):
+        if condition():
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("condition not reached")

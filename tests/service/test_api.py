@@ -14,7 +14,7 @@ from PIL import Image
 
 from service.engine import Engine
 from tests.images import encode, gradient, photo, png_header_claiming
-from tests.service.conftest import controlled, serve, tiny_settings
+from tests.service.conftest import controlled, serve, tiny_settings, until
 
 JPEG = encode(photo(), "JPEG")
 PNG = encode(gradient(), "PNG")
@@ -256,14 +256,6 @@ async def test_readiness_before_and_after_warm_up() -> None:
         assert (await c.get("/readyz")).json() == {"status": "ready"}
 
 
-async def until(condition, seconds: float = 30.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
-
-
 async def test_overloaded_deadline_and_internal() -> None:
     settings = tiny_settings(max_batch_size=1, max_queue_size=2, max_images_per_request=2)
     async with serve(settings, controlled) as (app, c):
@@ -300,6 +292,19 @@ async def test_overloaded_deadline_and_internal() -> None:
         text = (await c.get("/metrics")).text
         assert 'vit_rejected_total{reason="queue_full"} 5.0' in text
         assert 'vit_rejected_total{reason="deadline"} 1.0' in text
+
+
+async def test_request_timeout_header_may_only_shorten_the_deadline() -> None:
+    async with serve(tiny_settings(request_timeout_s=0.3), controlled) as (app, c):
+        engine = app.state.service.engine
+        engine.gate.clear()
+        try:
+            longer = await c.post(
+                "/v1/classify", content=PNG, headers={"content-type": "image/png", "x-request-timeout": "30"}
+            )
+        finally:
+            engine.gate.set()
+        assert error_of(longer) == (504, "deadline_exceeded")  # the server's 0.3 s still applied
 
 
 async def test_unknown_route_and_method(client: httpx.AsyncClient) -> None:

@@ -6,17 +6,9 @@ import asyncio
 import socket
 
 from tests.images import encode, gradient
-from tests.service.conftest import controlled, serve, tiny_settings
+from tests.service.conftest import controlled, serve, tiny_settings, until
 
 PNG = encode(gradient(), "PNG")
-
-
-async def until(condition, seconds: float = 30.0) -> None:
-    for _ in range(int(seconds / 0.01)):
-        if condition():
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("condition not reached")
 
 
 def dropped(app) -> float:
