@@ -121,7 +121,10 @@ def test_streamed_oversize_body_is_cut_off_near_the_limit(server: str) -> None:
             pass  # the server closed the connection on us: it stopped reading
         response = read_response(sock)
     assert response.startswith(b"HTTP/1.1 413")
-    assert sent < 8 * MAX_BODY  # the limit plus socket buffers, not the 100× the client wanted to send
+    print(f"sent {sent / 2**20:.1f} MiB before the 413")
+    # The limit plus what the kernel buffers on loopback (send 4 MiB + receive up to 32 MiB here),
+    # far below the 100× the client tried to send: the server stopped reading at the limit.
+    assert sent < 25 * MAX_BODY
 
 
 def rss_bytes(pid: int) -> int:
