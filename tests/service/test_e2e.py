@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 
 from tests.images import encode, gradient
-from tests.service.conftest import live_server, tiny_settings
+from tests.service.conftest import controlled, live_server, tiny_settings
 
 
 def histogram_counts(metrics_text: str, name: str) -> dict[float, float]:
@@ -22,7 +22,13 @@ def histogram_counts(metrics_text: str, name: str) -> dict[float, float]:
 
 def test_concurrent_clients_are_batched_and_batched_answers_equal_single_ones() -> None:
     images = [encode(gradient(24 + i, 40 - i), "PNG") for i in range(32)]
-    with live_server(tiny_settings(max_batch_size=16, max_wait_ms=20)) as (url, _):
+
+    def slowed(settings):  # a forward pass as long as a real model's on a CPU, whatever the machine
+        engine = controlled(settings)
+        engine.delay_s = 0.02
+        return engine
+
+    with live_server(tiny_settings(max_batch_size=16, max_wait_ms=20), slowed) as (url, _):
         with httpx.Client(base_url=url, timeout=30) as client:
             alone = [
                 client.post("/v1/embeddings", content=d, headers={"content-type": "image/png"}).json() for d in images
