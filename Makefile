@@ -6,7 +6,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install install-test serve test lint train clean
+.PHONY: install install-test serve test lint train bench clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -24,13 +24,16 @@ serve: install
 	$(BIN)/vit-serve
 
 lint:
-	$(BIN)/ruff check model service tests
-	$(BIN)/ruff format --check model service tests
-	$(BIN)/mypy model service
+	$(BIN)/ruff check model service bench tests
+	$(BIN)/ruff format --check model service bench tests
+	$(BIN)/mypy model service bench
 	$(BIN)/bandit -q -r model service
 
 test: install-test lint
 	$(BIN)/python -m pytest -q
+
+bench: install-test
+	$(BIN)/python -m bench --out bench-results
 
 train: install-test
 	$(BIN)/python -m model.train --out model/builtin/vit-mnist

@@ -1,0 +1,35 @@
+"""A bounded smoke run of the benchmark suite (tiny model, about a second a point), so it never rots."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from bench.model_only import flops_per_image
+from model.config import preset
+
+
+def test_flops_match_the_published_vit_b16_figure() -> None:
+    # ViT-B/16 at 224: 17.6 GMACs = 35.1 GFLOP per image (the issue's figure, as timm counts it)
+    assert flops_per_image(preset("vit_base_patch16_224")) / 2e9 == pytest.approx(17.6, abs=0.05)
+
+
+@pytest.mark.slow
+def test_quick_run_writes_results_and_a_plot(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench", "--quick", "--out", str(tmp_path)], capture_output=True, text=True, timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert (tmp_path / "plot.png").read_bytes()[:4] == b"\x89PNG"
+    assert {r["dtype"] for r in results["model_only"]} == {"float32", "bfloat16"}
+    systems = {r["system"] for r in results["end_to_end"]}
+    assert systems == {"vit-serve", "naive", "litserve"}
+    for row in results["end_to_end"]:
+        assert row["errors"] == 0 and row["requests"] > 0 and row["images_per_s"] > 0
+    ours = [r for r in results["end_to_end"] if r["system"] == "vit-serve"]
+    assert all(sum(r["batch_size_histogram"].values()) > 0 for r in ours)  # read from its own /metrics
