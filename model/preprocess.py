@@ -106,7 +106,7 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
         image = Image.open(io.BytesIO(data))
     except Image.DecompressionBombError:
         raise ImageTooLarge(f"image header claims more pixels than the limit ({max_pixels})") from None
-    except (OSError, SyntaxError, ValueError) as exc:
+    except Exception as exc:  # Pillow's parsers raise many exception types on hostile bytes
         raise ImageError("cannot identify image data") from exc
     if image.format not in ALLOWED_FORMATS:
         raise UnsupportedImageFormat(
@@ -164,7 +164,7 @@ def load_image(data: bytes, size: int, cfg: PreprocessConfig, max_pixels: int = 
     try:
         image = resize(to_rgb(image), size, cfg)
         array = np.asarray(image, dtype=np.uint8)
-    except (OSError, SyntaxError, ValueError, EOFError) as exc:
+    except Exception as exc:  # any decoder failure on untrusted bytes means a bad image
         raise ImageError(f"image data is corrupt or truncated ({type(exc).__name__})") from exc
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
 

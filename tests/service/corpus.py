@@ -6,6 +6,7 @@ Every case is a function of the PNG/JPEG payloads it needs, returning httpx requ
 from __future__ import annotations
 
 import base64
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -66,6 +67,14 @@ def palette_with_transparency() -> bytes:
     return encode(img, "PNG", transparency=1)
 
 
+def tiff_without_width() -> bytes:
+    """A TIFF whose directory lacks the ImageWidth tag (Pillow raises TypeError on it; found by fuzzing)."""
+    data = bytearray(encode(gradient(12, 9), "TIFF"))
+    at = data.find(struct.pack("<H", 256))  # tag 256: ImageWidth
+    data[at : at + 2] = struct.pack("<H", 999)
+    return bytes(data)
+
+
 def exif_rotated_jpeg(image: Image.Image) -> bytes:
     exif = Image.Exif()
     exif[0x0112] = 6  # stored sideways; "rotate 90° clockwise to display"
@@ -113,6 +122,7 @@ CASES: list[Case] = [
     Case("unknown body parameter", as_json(f'{{"images": ["{b64(PNG)}"], "topk": 3}}'), 422, "invalid_parameter"),
     Case("image given as a URL", as_json('{"images": ["https://example.com/cat.jpg"]}'), 400, "invalid_request"),
     Case("base64 of text", as_json(f'{{"images": ["{b64(b"hello world")}"]}}'), 400, "invalid_image"),
+    Case("tiff without its width tag", raw(tiff_without_width(), "image/tiff"), 400, "invalid_image"),
     Case("truncated jpeg", raw(JPEG[: len(JPEG) // 3], "image/jpeg"), 400, "invalid_image"),
     Case("truncated png", raw(PNG[:100]), 400, "invalid_image"),
     Case(
