@@ -134,7 +134,9 @@ def hf_to_native(state: StateDict, cfg: ViTConfig) -> StateDict:
         (r"embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
         (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
         (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-        (r"encoder\.layer\.(\d+)\.attention\.attention\.(query|key|value)\.", r"blocks.\1.attn.\2."),
+        (r"encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"blocks.\1.attn.q."),
+        (r"encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"blocks.\1.attn.k."),
+        (r"encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"blocks.\1.attn.v."),
         (r"layers\.(\d+)\.attention\.([qkv])_proj\.", r"blocks.\1.attn.\2."),
         (
             r"(?:encoder\.layer\.(\d+)\.attention\.output\.dense|layers\.(\d+)\.attention\.o_proj)\.",
@@ -156,18 +158,15 @@ def hf_to_native(state: StateDict, cfg: ViTConfig) -> StateDict:
                 name = new
                 break
         out[name] = value
-    return _fuse_qkv(out, cfg.depth, aliases=(("q", "query"), ("k", "key"), ("v", "value")))
+    return _fuse_qkv(out, cfg.depth)
 
 
-def _fuse_qkv(state: StateDict, depth: int, aliases: tuple[tuple[str, ...], ...]) -> StateDict:
-    """Concatenate separate q/k/v tensors (named by either alias) into `attn.qkv`."""
+def _fuse_qkv(state: StateDict, depth: int) -> StateDict:
+    """Concatenate separate `attn.q`, `attn.k`, `attn.v` tensors into timm's `attn.qkv`."""
     for i in range(depth):
         for kind in ("weight", "bias"):
-            pieces = []
-            for names in aliases:
-                found = [f"blocks.{i}.attn.{a}.{kind}" for a in names if f"blocks.{i}.attn.{a}.{kind}" in state]
-                if found:
-                    pieces.append(state.pop(found[0]))
+            names = [f"blocks.{i}.attn.{part}.{kind}" for part in "qkv"]
+            pieces = [state.pop(name) for name in names if name in state]
             if len(pieces) == 3:
                 state[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(pieces)
             elif pieces:
@@ -253,7 +252,7 @@ def npz_to_native(arrays: Mapping[str, np.ndarray]) -> tuple[StateDict, list[str
     for npz_name, native, transform in _npz_table(depth, big_vision=prefix.startswith("params/")):
         if npz_name in scope:  # absent ones surface as missing native keys in load_strict
             out[native] = torch.from_numpy(np.ascontiguousarray(transform(scope.pop(npz_name)))).float()
-    out = _fuse_qkv(out, depth, aliases=(("q",), ("k",), ("v",)))
+    out = _fuse_qkv(out, depth)
     return out, sorted(prefix + k for k in scope)
 
 

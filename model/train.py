@@ -43,10 +43,14 @@ def split_indices(n: int, validate: bool) -> tuple[np.ndarray, np.ndarray]:
     return train[train % 10 != 3], train[train % 10 == 3]
 
 
+def standardise(x: torch.Tensor) -> torch.Tensor:
+    """(B, 1, 28, 28) grey in [0, 1] -> normalised (B, 3, 28, 28), as the service feeds a grey PNG."""
+    return ((x - MEAN[0]) / STD[0]).expand(-1, 3, -1, -1)
+
+
 def to_input(grey: torch.Tensor) -> torch.Tensor:
-    """uint8 (B, 28, 28) -> normalised (B, 3, 28, 28), as the service feeds a grey PNG."""
-    x = grey.float().div(255).unsqueeze(1).expand(-1, 3, -1, -1)
-    return (x - MEAN[0]) / STD[0]
+    """uint8 (B, 28, 28) -> the model's input."""
+    return standardise(grey.float().div(255).unsqueeze(1))
 
 
 def augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
@@ -117,7 +121,7 @@ def train(args: argparse.Namespace) -> tuple[VisionTransformer, float, float]:
             x = augment(x_train[batch].float().div(255).unsqueeze(1), generator)
             if args.erase > 0:
                 x = erase(x, generator, args.erase)
-            x = ((x - MEAN[0]) / STD[0]).expand(-1, 3, -1, -1)
+            x = standardise(x)
             y = y_train[batch]
             logits = model(x).logits
             loss = F.cross_entropy(logits, y, label_smoothing=args.label_smoothing)

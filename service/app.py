@@ -21,7 +21,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service.batching import Batcher
 from service.engine import Engine
-from service.errors import InvalidParameter, MethodNotAllowed, NotFound, ServiceError
+from service.errors import MethodNotAllowed, NotFound, ServiceError, invalid_parameter
 from service.routes import ENDPOINTS, router
 from service.settings import Settings
 from service.state import ServiceState
@@ -73,9 +73,9 @@ async def _start(state: ServiceState, engine_factory: Callable[[Settings], Engin
         )
         batcher.start()
         state.batcher = batcher
-        state.metrics.model_info.labels(
-            model=engine.model_id, device=str(engine.device), dtype=str(engine.dtype).removeprefix("torch.")
-        ).set(1)
+        state.metrics.model_info.labels(model=engine.model_id, device=str(engine.device), dtype=engine.dtype_name).set(
+            1
+        )
         state.status = "ready"
         log.info(
             "ready: %s on %s (%s), batches up to %d", engine.model_id, engine.device, engine.dtype, state.max_batch_size
@@ -125,11 +125,7 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
         return error_response(exc)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
-        exc = cast(RequestValidationError, exc)
-        first = exc.errors()[0] if exc.errors() else {"loc": (), "msg": "invalid parameter"}
-        where = ".".join(str(p) for p in first["loc"] if p not in ("query", "body", "header"))
-        message = str(first["msg"])
-        return await service_error(request, InvalidParameter(f"{where}: {message}" if where else message))
+        return await service_error(request, invalid_parameter(cast(RequestValidationError, exc).errors()))
 
     async def http_error(request: Request, exc: Exception) -> JSONResponse:
         exc = cast(StarletteHTTPException, exc)
@@ -141,7 +137,7 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         state.metrics.rejected.labels(reason="internal").inc()
-        return JSONResponse({"error": {"type": "internal", "message": "internal error; see the server log"}}, 500)
+        return error_response(ServiceError("internal error; see the server log"))
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)

@@ -72,7 +72,6 @@ class Engine:
             p.requires_grad_(False)
         self.model = model
         self._forward = torch.compile(model, dynamic=False) if compile_model else model
-        self.compiled = compile_model
         self._lock = threading.Lock()  # one forward pass at a time, whoever calls
 
     @classmethod
@@ -113,6 +112,11 @@ class Engine:
     def image_size(self) -> int:
         return self.model.cfg.image_size
 
+    @property
+    def dtype_name(self) -> str:
+        """ "float32", "bfloat16", …: as settings, metrics and /v1/models spell it."""
+        return str(self.dtype).removeprefix("torch.")
+
     def stage(self, images: list[torch.Tensor]) -> torch.Tensor:
         """uint8 (3, S, S) images -> a normalised batch on the device.
 
@@ -132,14 +136,10 @@ class Engine:
             probs = out.logits.float().softmax(dim=-1).cpu() if out.logits is not None else None
             return BatchOutput(probs=probs, embeddings=out.embedding.float().cpu())
 
-    def run(self, images: list[torch.Tensor]) -> BatchOutput:
-        """Stage and run one batch: what the batcher's inference thread calls."""
-        return self.forward(self.stage(images))
-
     def warmup(self, batch_sizes: list[int]) -> None:
         """Run each batch size once so that allocation (and compilation) happen before traffic."""
         blank = torch.zeros(3, self.image_size, self.image_size, dtype=torch.uint8)
         for size in batch_sizes:
-            self.run([blank] * size)
+            self.forward(self.stage([blank] * size))
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class ServiceError(Exception):
     status = 500
@@ -75,3 +78,11 @@ class NotFound(ServiceError):
 
 class MethodNotAllowed(ServiceError):
     status, type, reason = 405, "method_not_allowed", "method_not_allowed"
+
+
+def invalid_parameter(errors: Sequence[Mapping[str, Any]]) -> InvalidParameter:
+    """pydantic's validation errors (of query, header or body parameters) as one 422 naming the first."""
+    first = errors[0] if errors else {"loc": (), "msg": "invalid parameter"}
+    where = ".".join(str(p) for p in first["loc"] if p not in ("query", "body", "header"))
+    message = str(first["msg"])
+    return InvalidParameter(f"{where}: {message}" if where else message)

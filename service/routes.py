@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import hmac
 import time
 from collections.abc import AsyncIterator
@@ -23,7 +24,6 @@ from service.batching import Batcher, ItemResult
 from service.engine import Engine
 from service.errors import (
     ClientDisconnected,
-    DeadlineExceeded,
     InferenceFailed,
     InvalidImage,
     InvalidParameter,
@@ -31,6 +31,7 @@ from service.errors import (
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
+    invalid_parameter,
 )
 from service.inputs import parse_images
 from service.metrics import Metrics
@@ -95,8 +96,9 @@ Ready = Annotated[Serving, Depends(require_ready)]
 Authorized = [Depends(require_api_key)]
 
 
+@functools.cache
 def _classify_params(num_classes: int) -> type[BaseModel]:
-    """top_k bounded by this model's number of classes."""
+    """top_k bounded by this model's number of classes (built once per head size)."""
     return create_model(
         "ClassifyParams",
         __config__=ConfigDict(extra="forbid"),
@@ -115,9 +117,7 @@ def _merge(model: type[BaseModel], query: dict[str, Any], body: dict[str, Any]) 
     try:
         return model.model_validate({**{k: v for k, v in query.items() if v is not None}, **body})
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise InvalidParameter(f"{where}: {first['msg']}") from None
+        raise invalid_parameter(exc.errors()) from None
 
 
 async def _infer(
@@ -181,15 +181,11 @@ async def _decode(state: Serving, data: bytes, index: int) -> torch.Tensor:
 
 
 TimeoutHeader = Annotated[float | None, Header(alias="X-Request-Timeout", description="seconds; only shortens")]
+# what both image routes declare: their error responses, the three body forms, API keys
+IMAGE_ROUTE: dict[str, Any] = {"responses": ERRORS, "openapi_extra": schemas.IMAGE_BODY, "dependencies": Authorized}
 
 
-@router.post(
-    "/v1/classify",
-    response_model=schemas.ClassifyResponse,
-    responses=ERRORS,
-    openapi_extra=schemas.IMAGE_BODY,
-    dependencies=Authorized,
-)
+@router.post("/v1/classify", response_model=schemas.ClassifyResponse, **IMAGE_ROUTE)
 async def classify(
     request: Request,
     state: Ready,
@@ -220,13 +216,7 @@ async def classify(
     return JSONResponse({"model": state.engine.model_id, "results": out})
 
 
-@router.post(
-    "/v1/embeddings",
-    response_model=schemas.EmbeddingsResponse,
-    responses=ERRORS,
-    openapi_extra=schemas.IMAGE_BODY,
-    dependencies=Authorized,
-)
+@router.post("/v1/embeddings", response_model=schemas.EmbeddingsResponse, **IMAGE_ROUTE)
 async def embeddings(
     request: Request,
     state: Ready,
@@ -265,7 +255,7 @@ async def models(state: Ready) -> dict[str, Any]:
                 "depth": cfg.depth,
                 "heads": cfg.num_heads,
                 "device": str(engine.device),
-                "dtype": str(engine.dtype).removeprefix("torch."),
+                "dtype": engine.dtype_name,
                 "checkpoint": {
                     "format": ckpt.format,
                     "path": str(ckpt.path) if ckpt.path else None,
@@ -294,6 +284,3 @@ async def readyz(state: State) -> JSONResponse:
 @router.get("/metrics", response_class=Response)
 async def metrics(state: State) -> Response:
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
-
-
-__all__ = ["ENDPOINTS", "DeadlineExceeded", "router"]
