@@ -122,6 +122,43 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     return results
 
 
+def summary(results: dict[str, Any], device: str) -> dict[str, Any]:
+    """The issue's target ratios, from this run only: one image per request, 224×224 JPEGs.
+
+    The model-only reference is what the server runs: bfloat16 compiled on a GPU (eager when
+    compilation was not measured), float32 eager on the CPU.
+    """
+    dtype = "bfloat16" if device.startswith("cuda") else "float32"
+    reference = {
+        r["batch_size"]: r
+        for r in results["model_only"]
+        if r["dtype"] == dtype
+        and r["compiled"] == (device.startswith("cuda") and results["settings"]["compile"] == "True")
+    }
+    e2e = {
+        (r["system"], r["concurrency"]): r
+        for r in results["end_to_end"]
+        if r["image"] == "224" and r["images_per_request"] == 1
+    }
+    out: dict[str, Any] = {
+        "reference": f"{dtype}, batch-1 median {reference[1]['batch_ms']:.1f} ms" if 1 in reference else None
+    }
+    for (system, concurrency), row in sorted(e2e.items(), key=lambda kv: kv[0][1]):
+        if system != "vit-serve":
+            continue
+        point: dict[str, float] = {}
+        if concurrency in reference:
+            point["vs_model_only_same_batch"] = row["images_per_s"] / reference[concurrency]["images_per_s"]
+        for peer in ("naive", "litserve"):
+            if (peer, concurrency) in e2e:
+                point[f"vs_{peer}_throughput"] = row["images_per_s"] / e2e[peer, concurrency]["images_per_s"]
+                point[f"vs_{peer}_p99"] = row["p99_ms"] / e2e[peer, concurrency]["p99_ms"]
+        if concurrency == 1 and 1 in reference:
+            point["p50_over_batch1_ms"] = row["p50_ms"] - reference[1]["batch_ms"]
+        out[f"c={concurrency}"] = point
+    return out
+
+
 def plot(results: dict[str, Any], path: Path) -> None:
     import matplotlib
 
@@ -157,6 +194,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     args.out.mkdir(parents=True, exist_ok=True)
     results = run(args)
+    results["summary"] = summary(results, args.device)
+    print(json.dumps(results["summary"], indent=2))
     (args.out / "results.json").write_text(json.dumps(results, indent=2) + "\n")
     plot(results, args.out / "plot.png")
     print(f"wrote {args.out / 'results.json'} and {args.out / 'plot.png'}")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import statistics
 import time
 
 import torch
@@ -38,13 +39,15 @@ def measure(
             for _ in range(3):
                 forward(x)
             _sync(device)
-            runs, start = 0, time.perf_counter()
-            while time.perf_counter() - start < seconds:
+            passes: list[float] = []
+            start = time.perf_counter()
+            while time.perf_counter() - start < seconds or len(passes) < 5:
+                begin = time.perf_counter()
                 forward(x)
-                runs += 1
-            _sync(device)
-            elapsed = time.perf_counter() - start
-        per_s = runs * batch / elapsed
+                _sync(device)
+                passes.append(time.perf_counter() - begin)
+        batch_s = statistics.median(passes)  # the median pass: robust to a noisy, shared machine
+        per_s = batch / batch_s
         flops = flops_per_image(cfg) * per_s
         rows.append(
             {
@@ -54,7 +57,8 @@ def measure(
                 "compiled": compiled,
                 "batch_size": batch,
                 "images_per_s": per_s,
-                "batch_ms": 1000 * elapsed / runs,
+                "batch_ms": 1000 * batch_s,
+                "passes": len(passes),
                 "tflops": flops / 1e12,
                 "mfu": flops / (peak_tflops * 1e12) if peak_tflops else None,
             }

@@ -60,8 +60,7 @@ async def _start(state: ServiceState, engine_factory: Callable[[Settings], Engin
     try:
         engine = await asyncio.to_thread(engine_factory, state.settings)
         state.engine = engine
-        sizes = sorted({1, *(2**i for i in range(1, 13) if 2**i < state.max_batch_size), state.max_batch_size})
-        await asyncio.to_thread(engine.warmup, sizes)
+        await asyncio.to_thread(engine.warmup, state.max_batch_size)
         state.decode_pool = ThreadPoolExecutor(state.settings.threads, thread_name_prefix="vit-decode")
         batcher = Batcher(
             engine.stage,
@@ -70,6 +69,8 @@ async def _start(state: ServiceState, engine_factory: Callable[[Settings], Engin
             max_wait_s=state.settings.max_wait_ms / 1000,
             max_queue_size=state.max_queue_size,
             metrics=state.metrics,
+            max_in_flight=2 if engine.pipelined else 1,
+            compute_thread=engine.thread,
         )
         batcher.start()
         state.batcher = batcher

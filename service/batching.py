@@ -4,9 +4,12 @@ One collector task owns a bounded queue of items (image, future, enqueue time, d
 It forms a batch as soon as it has `max_batch_size` images, or the first waiting image has
 waited `max_wait`, or (adaptive) the device has nothing to do, so a lone request never waits
 for company that is not coming. Items whose client has gone are skipped; items past their
-deadline get 504; neither is computed. Staging (stacking, the copy to the device) runs on its
-own thread while the previous batch runs on the inference thread, so the event loop never
-blocks and the device never waits for the next batch.
+deadline get 504; neither is computed. Forward passes run on one compute thread, so the event
+loop never blocks. With two batches in flight (a GPU), staging (stacking, the copy to the
+device) runs on a thread of its own while the previous batch runs, so the device never waits
+for the next batch; with one (the CPU, where staging and the model share the cores), the next
+batch is formed when the device frees, from everything that arrived meanwhile, and staged on
+the compute thread.
 """
 
 from __future__ import annotations
@@ -55,8 +58,8 @@ class _Item:
 class Batcher(Generic[Staged]):
     """`await submit(images, deadline)` -> one result per image, computed in shared batches.
 
-    `stage(images)` prepares a batch (on the staging thread); `forward(staged)` runs it (on
-    the inference thread) and returns a BatchOutput whose rows follow the images' order.
+    `stage(images)` prepares a batch; `forward(staged)` runs it (on `compute_thread`, the
+    engine's own thread when given) and returns a BatchOutput whose rows follow the images' order.
     """
 
     def __init__(
@@ -70,6 +73,7 @@ class Batcher(Generic[Staged]):
         metrics: Metrics | None = None,
         adaptive: bool = True,
         max_in_flight: int = 2,
+        compute_thread: ThreadPoolExecutor | None = None,
     ) -> None:
         self._stage, self._forward = stage, forward
         self.max_batch_size, self.max_wait_s, self.max_queue_size = max_batch_size, max_wait_s, max_queue_size
@@ -77,10 +81,17 @@ class Batcher(Generic[Staged]):
         self._metrics = metrics
         self._queue: deque[_Item] = deque()
         self._wakeup = asyncio.Event()
-        self._slots = asyncio.Semaphore(max_in_flight)  # one batch running, one staged behind it
+        self._slots = asyncio.Semaphore(max_in_flight)  # e.g. one batch running, one staged behind it
         self._in_flight = 0
-        self._stage_pool = ThreadPoolExecutor(1, thread_name_prefix="vit-stage")
-        self._infer_pool = ThreadPoolExecutor(1, thread_name_prefix="vit-infer")
+        self._own_pools: list[ThreadPoolExecutor] = []
+        if compute_thread is None:
+            compute_thread = ThreadPoolExecutor(1, thread_name_prefix="vit-infer")
+            self._own_pools.append(compute_thread)
+        self._compute_thread = compute_thread
+        self._stage_pool: ThreadPoolExecutor | None = None
+        if max_in_flight > 1:
+            self._stage_pool = ThreadPoolExecutor(1, thread_name_prefix="vit-stage")
+            self._own_pools.append(self._stage_pool)
         self._task: asyncio.Task[None] | None = None
         self._running: set[asyncio.Task[None]] = set()
         self._accepting = False
@@ -131,8 +142,8 @@ class Batcher(Generic[Staged]):
                 item.future.set_exception(NotReady("the service is shutting down"))
         self._queue.clear()
         # Never block the event loop: a forward pass still running finishes on its own thread.
-        self._stage_pool.shutdown(wait=False, cancel_futures=True)
-        self._infer_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in self._own_pools:
+            pool.shutdown(wait=False, cancel_futures=True)
 
     def _on_collector_exit(self, task: asyncio.Task[None]) -> None:
         if task.cancelled():
@@ -245,8 +256,10 @@ class Batcher(Generic[Staged]):
     async def _run(self, batch: list[_Item]) -> None:
         loop = asyncio.get_running_loop()
         try:
-            staged = await loop.run_in_executor(self._stage_pool, self._stage, [i.image for i in batch])
-            output, batch = await loop.run_in_executor(self._infer_pool, self._compute, staged, batch)
+            staged = None
+            if self._stage_pool is not None:
+                staged = await loop.run_in_executor(self._stage_pool, self._stage, [i.image for i in batch])
+            output, batch = await loop.run_in_executor(self._compute_thread, self._compute, batch, staged)
         except asyncio.CancelledError:  # closed while staged or running: still one answer each
             for item in batch:
                 if not item.future.done():
@@ -267,15 +280,19 @@ class Batcher(Generic[Staged]):
             self._slots.release()
             self._wakeup.set()
 
-    def _compute(self, staged: Any, batch: list[_Item]) -> tuple[BatchOutput | None, list[_Item]]:
-        """On the inference thread: drop rows whose client left while the batch was staged, then run."""
+    def _compute(self, batch: list[_Item], staged: Any | None) -> tuple[BatchOutput | None, list[_Item]]:
+        """On the compute thread: drop rows whose client left while the batch waited, stage it
+        unless it was staged already, then run it."""
         keep = [row for row, item in enumerate(batch) if not item.future.done()]
         if len(keep) < len(batch):
             if self._metrics is not None:
                 self._metrics.dropped.inc(len(batch) - len(keep))
             if not keep:
                 return None, []
-            staged, batch = staged[keep], [batch[row] for row in keep]
+            staged = None if staged is None else staged[keep]
+            batch = [batch[row] for row in keep]
+        if staged is None:
+            staged = self._stage([item.image for item in batch])
         start = time.perf_counter()
         output = self._forward_splitting(staged, len(batch))
         if self._metrics is not None:

@@ -37,8 +37,10 @@ class ControlledEngine(Engine):
     delay_s: float = 0.0
     fail: bool = False
     batch_sizes: list[int]
+    threads: set[str]  # the threads its forward passes ran on
 
     def forward(self, pixels: torch.Tensor) -> BatchOutput:
+        self.threads.add(threading.current_thread().name)
         self.gate.wait(30)
         if self.fail:
             raise RuntimeError("injected failure")
@@ -54,6 +56,7 @@ def controlled(settings: Settings) -> ControlledEngine:
     engine.gate = threading.Event()
     engine.gate.set()
     engine.batch_sizes = []
+    engine.threads = set()
     return engine
 
 

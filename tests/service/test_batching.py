@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import torch
@@ -24,11 +25,14 @@ class FakeModel:
         self.delay_s, self.fail_if, self.oom_above = delay_s, fail_if, oom_above
         self.gate = threading.Event()
         self.gate.set()
+        self.threads: set[str] = set()  # the threads that staged or ran a batch
 
     def stage(self, images: list[torch.Tensor]) -> torch.Tensor:
+        self.threads.add(threading.current_thread().name)
         return torch.stack(images)
 
     def forward(self, batch: torch.Tensor) -> BatchOutput:
+        self.threads.add(threading.current_thread().name)
         self.gate.wait(10)
         if self.oom_above is not None and len(batch) > self.oom_above:
             raise torch.cuda.OutOfMemoryError("fake: out of memory")
@@ -104,6 +108,25 @@ async def test_adaptive_batcher_batches_while_the_device_is_busy() -> None:
     await asyncio.gather(first, *rest)
     assert model.batches[0] == [0] and max(len(b) for b in model.batches[1:]) > 1
     await batcher.close()
+
+
+async def test_with_one_batch_in_flight_the_next_takes_all_that_arrived_on_the_engine_thread() -> None:
+    model = FakeModel()
+    model.gate.clear()
+    engine_thread = ThreadPoolExecutor(1, thread_name_prefix="engine")
+    batcher = make(model, max_batch_size=64, max_wait_s=0.0, max_in_flight=1, compute_thread=engine_thread)
+    first = asyncio.create_task(batcher.submit([image(0)], later()))
+    await asyncio.sleep(0.05)
+    rest = [asyncio.create_task(batcher.submit([image(i)], later())) for i in range(1, 9)]
+    await asyncio.sleep(0.05)
+    assert (batcher.in_flight, batcher.queue_depth) == (1, 8)  # nothing staged behind the running batch
+    model.gate.set()
+    await asyncio.gather(first, *rest)
+    assert model.batches == [[0], list(range(1, 9))]
+    assert model.threads == {"engine_0"}  # staging and forward passes both ran on the engine's thread
+    await batcher.close()
+    assert engine_thread.submit(lambda: "alive").result() == "alive"  # the engine's, not the batcher's to stop
+    engine_thread.shutdown()
 
 
 async def test_large_request_is_split_across_batches() -> None:

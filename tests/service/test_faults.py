@@ -24,14 +24,14 @@ async def test_a_client_that_hangs_up_is_dropped_and_never_computed() -> None:
         await until(lambda: batcher.in_flight == 1)
         host, port = str(client.base_url).removeprefix("http://").rstrip("/").split(":")
         sockets = []
-        for _ in range(3):  # one will be staged behind the running batch, two queued
+        for _ in range(3):  # queued behind the running batch (on the CPU, one batch is in flight)
             sock = socket.create_connection((host, int(port)))
             sock.sendall(
                 b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\n"
                 b"Content-Length: %d\r\n\r\n" % len(PNG) + PNG
             )
             sockets.append(sock)
-        await until(lambda: batcher.in_flight == 2 and batcher.queue_depth == 2)
+        await until(lambda: batcher.in_flight == 1 and batcher.queue_depth == 3)
         for sock in sockets:
             sock.close()  # the clients give up
         await until(lambda: batcher.queue_depth == 0)
