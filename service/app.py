@@ -19,10 +19,11 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from service import oip
 from service.batching import Batcher
 from service.engine import Engine
 from service.errors import MethodNotAllowed, NotFound, ServiceError, invalid_parameter
-from service.routes import ENDPOINTS, router
+from service.routes import router
 from service.settings import Settings
 from service.state import ServiceState
 
@@ -50,6 +51,7 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Engine] 
     )
     app.state.service = state
     app.include_router(router)
+    app.include_router(oip.router)
     _install_error_handlers(app, state)
     app.add_middleware(RequestContext, state=state)
     return app
@@ -109,10 +111,12 @@ async def _stop(state: ServiceState, loader: asyncio.Task[None]) -> None:
         state.decode_pool.shutdown(wait=False, cancel_futures=True)
 
 
-def error_response(error: ServiceError) -> JSONResponse:
-    return JSONResponse(
-        {"error": {"type": error.type, "message": error.message}}, status_code=error.status, headers=error.headers
-    )
+def error_response(error: ServiceError, path: str) -> JSONResponse:
+    """SPEC §4's error body; under /v2, the Open Inference Protocol's `{"error": message}`."""
+    body: dict[str, Any] = {"error": {"type": error.type, "message": error.message}}
+    if path.startswith("/v2"):
+        body = {"error": error.message}
+    return JSONResponse(body, status_code=error.status, headers=error.headers)
 
 
 def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
@@ -123,7 +127,7 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
         if exc.status >= 500 and exc.status != 503 and exc.status != 504:
             log.error("%s: %s", exc.type, exc.message)
         state.metrics.rejected.labels(reason=exc.reason).inc()
-        return error_response(exc)
+        return error_response(exc, request.url.path)
 
     async def validation_error(request: Request, exc: Exception) -> JSONResponse:
         return await service_error(request, invalid_parameter(cast(RequestValidationError, exc).errors()))
@@ -138,7 +142,7 @@ def _install_error_handlers(app: FastAPI, state: ServiceState) -> None:
     async def unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.exception("unhandled error")
         state.metrics.rejected.labels(reason="internal").inc()
-        return error_response(ServiceError("internal error; see the server log"))
+        return error_response(ServiceError("internal error; see the server log"), request.url.path)
 
     app.add_exception_handler(ServiceError, service_error)
     app.add_exception_handler(RequestValidationError, validation_error)
@@ -172,7 +176,8 @@ class RequestContext:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            endpoint = scope["path"] if scope["path"] in ENDPOINTS else "other"
+            route = scope.get("route")  # set by routing: its template, e.g. /v2/models/{name}/infer
+            endpoint = route.path if route is not None else "other"
             elapsed = time.perf_counter() - start
             self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
             self.metrics.request_duration.labels(endpoint=endpoint).observe(elapsed)

@@ -20,7 +20,7 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Generic, TypeVar
 
 import torch
@@ -39,12 +39,14 @@ class BatchOutput:
 
     probs: torch.Tensor | None  # (B, classes)
     embeddings: torch.Tensor  # (B, D)
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, N+1, D), as asked
 
 
 @dataclass(frozen=True)
 class ItemResult:
     probs: torch.Tensor | None  # (classes,)
     embedding: torch.Tensor  # (D,)
+    hidden: torch.Tensor | None = None  # (N+1, D): the layer this item asked for
 
 
 @dataclass(eq=False)
@@ -53,19 +55,21 @@ class _Item:
     future: asyncio.Future[ItemResult]
     enqueued: float
     deadline: float
+    layer: int | None  # a hidden layer to return, for /v1/features
 
 
 class Batcher(Generic[Staged]):
     """`await submit(images, deadline)` -> one result per image, computed in shared batches.
 
-    `stage(images)` prepares a batch; `forward(staged)` runs it (on `compute_thread`, the
-    engine's own thread when given) and returns a BatchOutput whose rows follow the images' order.
+    `stage(images)` prepares a batch; `forward(staged, hidden_layers)` runs it (on
+    `compute_thread`, the engine's own thread when given) and returns a BatchOutput whose rows
+    follow the images' order, with the hidden states of the layers its items asked for.
     """
 
     def __init__(
         self,
         stage: Callable[[list[torch.Tensor]], Staged],
-        forward: Callable[[Staged], BatchOutput],
+        forward: Callable[[Staged, list[int]], BatchOutput],
         *,
         max_batch_size: int,
         max_wait_s: float,
@@ -157,8 +161,9 @@ class Batcher(Generic[Staged]):
 
     # --------------------------------------------------------------------------- submit
 
-    async def submit(self, images: list[torch.Tensor], deadline: float) -> list[ItemResult]:
-        """Queue `images` (uint8 tensors) and wait for their results, until `deadline` (monotonic).
+    async def submit(self, images: list[torch.Tensor], deadline: float, layer: int | None = None) -> list[ItemResult]:
+        """Queue `images` and wait for their results, until `deadline` (monotonic); with `layer`,
+        each result also holds that layer's hidden states.
 
         Raises Overloaded if the queue cannot take them all, DeadlineExceeded, NotReady while
         draining, InferenceFailed if their batch failed. Cancelling this call (the client
@@ -172,7 +177,7 @@ class Batcher(Generic[Staged]):
         if len(self._queue) + len(images) > self.max_queue_size:
             raise Overloaded(f"the queue is full ({self.max_queue_size} images); retry shortly")
         loop = asyncio.get_running_loop()
-        items = [_Item(image, loop.create_future(), now, deadline) for image in images]
+        items = [_Item(image, loop.create_future(), now, deadline, layer) for image in images]
         self._queue.extend(items)
         self._set_depth()
         self._wakeup.set()
@@ -274,7 +279,8 @@ class Batcher(Generic[Staged]):
             for row, item in enumerate(batch):
                 if output is not None and not item.future.done():
                     probs = output.probs[row] if output.probs is not None else None
-                    item.future.set_result(ItemResult(probs, output.embeddings[row]))
+                    hidden = output.hidden[item.layer][row] if item.layer is not None else None
+                    item.future.set_result(ItemResult(probs, output.embeddings[row], hidden))
         finally:
             self._in_flight -= 1
             self._slots.release()
@@ -293,16 +299,17 @@ class Batcher(Generic[Staged]):
             batch = [batch[row] for row in keep]
         if staged is None:
             staged = self._stage([item.image for item in batch])
+        layers = sorted({item.layer for item in batch if item.layer is not None})
         start = time.perf_counter()
-        output = self._forward_splitting(staged, len(batch))
+        output = self._forward_splitting(staged, len(batch), layers)
         if self._metrics is not None:
             self._metrics.inference_duration.observe(time.perf_counter() - start)
         return output, batch
 
-    def _forward_splitting(self, staged: Any, size: int) -> BatchOutput:
+    def _forward_splitting(self, staged: Any, size: int, layers: list[int]) -> BatchOutput:
         """Run a batch; on out-of-memory, run its halves (recursively) before failing anything."""
         try:
-            output = self._forward(staged)
+            output = self._forward(staged, layers)
             if self._metrics is not None:
                 self._metrics.batch_size.observe(size)
             return output
@@ -313,10 +320,11 @@ class Batcher(Generic[Staged]):
                 torch.cuda.empty_cache()
             half = size // 2
             log.warning("out of memory at batch %d: retrying as %d + %d", size, half, size - half)
-            first = self._forward_splitting(staged[:half], half)
-            second = self._forward_splitting(staged[half:], size - half)
+            first = self._forward_splitting(staged[:half], half, layers)
+            second = self._forward_splitting(staged[half:], size - half, layers)
             probs = None if first.probs is None else torch.cat([first.probs, second.probs])  # type: ignore[list-item]
-            return BatchOutput(probs, torch.cat([first.embeddings, second.embeddings]))
+            hidden = {layer: torch.cat([first.hidden[layer], second.hidden[layer]]) for layer in layers}
+            return BatchOutput(probs, torch.cat([first.embeddings, second.embeddings]), hidden)
 
     # -------------------------------------------------------------------------- metrics
 

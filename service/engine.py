@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from importlib import resources
@@ -142,32 +143,40 @@ class Engine:
         return str(self.dtype).removeprefix("torch.")
 
     def stage(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """uint8 (3, S, S) images -> a normalised batch on the device.
+        """(3, S, S) images -> a normalised batch on the device.
 
-        On CUDA the uint8 batch goes through pinned memory with a non-blocking copy (a quarter
-        of the bytes of float32), and normalisation runs on the GPU.
+        uint8 images are pixels and get normalised; float32 ones (an already-normalised tensor
+        sent to /v2) are taken as they are. On CUDA the batch goes through pinned memory with a
+        non-blocking copy (uint8: a quarter of the bytes of float32) and is normalised on the GPU.
         """
+        if any(image.dtype != torch.uint8 for image in images):
+            return torch.stack(
+                [self.stage([image])[0] if image.dtype == torch.uint8 else image for image in images]
+            ).to(self.device, self.dtype)
         batch = torch.stack(images)
         if self.device.type == "cuda":
             batch = batch.pin_memory().to(self.device, non_blocking=True)
         return normalize(batch, self.preprocess.mean, self.preprocess.std, self.dtype)
 
     @torch.inference_mode()
-    def forward(self, pixels: torch.Tensor) -> BatchOutput:
-        """One forward pass; logits and y come from the same pass.
+    def forward(self, pixels: torch.Tensor, hidden_layers: Sequence[int] = ()) -> BatchOutput:
+        """One forward pass; logits, y and the hidden states asked for come from the same pass.
 
         A compiled model is specialised to each batch size it sees, so a batch is padded up to
         the next warmed-up bucket: a handful of graphs compiled at start-up, none during traffic.
+        A batch that asks for hidden states runs eagerly: each choice of layers would be a graph.
         """
         size = len(pixels)
-        if self.compiled:
+        compiled = self.compiled and not hidden_layers
+        if compiled:
             bucket = next((b for b in self.buckets if b >= size), size)
             if bucket > size:
                 pixels = torch.cat([pixels, pixels.new_zeros(bucket - size, *pixels.shape[1:])])
         with self._lock:
-            out = self._forward(pixels)
+            out = self._forward(pixels) if compiled else self.model(pixels, hidden_layers)
             probs = out.logits[:size].float().softmax(dim=-1).cpu() if out.logits is not None else None
-            return BatchOutput(probs=probs, embeddings=out.embedding[:size].float().cpu())
+            hidden = {layer: h.float().cpu() for layer, h in out.hidden_states.items()}
+            return BatchOutput(probs, out.embedding[:size].float().cpu(), hidden)
 
     def warmup(self, max_batch_size: int) -> None:
         """Run every bucket once (powers of two below `max_batch_size`, and it), so that

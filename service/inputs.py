@@ -29,6 +29,7 @@ _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 class ParsedInput:
     images: list[bytes]
     params: dict[str, Any] = field(default_factory=dict)  # body fields of the JSON form
+    openai: bool = False  # the images came as OpenAI's embeddings `input`
 
 
 async def read_body(request: Request, limit: int) -> bytes:
@@ -147,20 +148,24 @@ def _json(body: bytes) -> ParsedInput:
         raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
     if not isinstance(data, dict):
         raise InvalidRequest('expected a JSON object: {"images": ["<base64>", ...]}')
-    images = data.get("images")
+    key = "input" if "input" in data and "images" not in data else "images"
+    images = data.get(key)
+    if key == "input" and isinstance(images, str):
+        images = [images]  # OpenAI's `input` may be one string
     if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
-        raise InvalidRequest('"images" must be a list of base64 strings or data URLs')
-    params = {k: v for k, v in data.items() if k != "images"}
-    return ParsedInput([_decode_base64(x, i) for i, x in enumerate(images)], params)
+        raise InvalidRequest(f'"{key}" must be a list of base64 strings or data URLs')
+    params = {k: v for k, v in data.items() if k != key}
+    return ParsedInput([decode_base64(x, i, key) for i, x in enumerate(images)], params, openai=key == "input")
 
 
 def _reject_constant(name: str) -> None:
     raise ValueError(f"{name} is not valid JSON")
 
 
-def _decode_base64(text: str, index: int) -> bytes:
+def decode_base64(text: str, index: int, key: str = "images") -> bytes:
+    """base64 or a data URL -> bytes (also for /v2's BYTES tensors)."""
     payload = _DATA_URL.sub("", text, count=1)
     try:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
-        raise InvalidRequest(f"images[{index}] is not valid base64") from None
+        raise InvalidRequest(f"{key}[{index}] is not valid base64") from None

@@ -1,4 +1,5 @@
-"""The HTTP API of SPEC §4: classify, embeddings, models, health, metrics."""
+"""The HTTP API of SPEC §4 (classify, embeddings, models, health, metrics), OpenAI's embeddings
+form, and /v1/features."""
 
 from __future__ import annotations
 
@@ -12,6 +13,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal
 
+import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
@@ -27,20 +29,21 @@ from service.errors import (
     InferenceFailed,
     InvalidImage,
     InvalidParameter,
+    InvalidRequest,
+    NotFound,
     NotReady,
     PayloadTooLarge,
     Unauthorized,
     UnsupportedMediaType,
     invalid_parameter,
 )
-from service.inputs import parse_images
+from service.inputs import ParsedInput, parse_images
 from service.metrics import Metrics
 from service.settings import Settings
 from service.state import ServiceState
 
-ENDPOINTS = frozenset({"/v1/classify", "/v1/embeddings", "/v1/models", "/healthz", "/readyz", "/metrics"})
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": schemas.ErrorResponse} for code in (400, 401, 413, 415, 422, 500, 503, 504)
+    code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)
 }
 
 router = APIRouter()
@@ -112,6 +115,21 @@ class EmbeddingParams(BaseModel):
     encoding_format: Literal["float", "base64"] = "float"
 
 
+class OpenAIEmbeddingParams(EmbeddingParams):
+    """The fields of OpenAI's embeddings request besides `input` (`user` is accepted, unused)."""
+
+    model: str
+    dimensions: int | None = None
+    user: str | None = None
+
+
+class FeatureParams(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    layer: int = -1
+    tokens: Literal["all", "patch"] = "all"
+    dtype: Literal["float32", "float16"] = "float32"
+
+
 def _merge(model: type[BaseModel], query: dict[str, Any], body: dict[str, Any]) -> Any:
     """Query parameters, overridden by JSON body fields; one 422 naming the first bad one."""
     try:
@@ -120,29 +138,33 @@ def _merge(model: type[BaseModel], query: dict[str, Any], body: dict[str, Any]) 
         raise invalid_parameter(exc.errors()) from None
 
 
-async def _infer(
-    request: Request,
-    state: Serving,
-    endpoint: str,
-    params_model: type[BaseModel],
-    query: dict[str, Any],
-    timeout_header: float | None,
-) -> tuple[list[ItemResult], Any]:
-    """Parse and validate, decode (off the event loop), queue; per-image results and the params.
-
-    Parameters are checked before any image is decoded or computed.
-    """
-    settings = state.settings
+def deadline_of(settings: Settings, timeout_header: float | None) -> float:
+    """The request's deadline (monotonic): the server's timeout, shortened by X-Request-Timeout."""
     timeout = settings.request_timeout_s
     if timeout_header is not None:
         if not 0 < timeout_header < float("inf"):
             raise InvalidParameter("X-Request-Timeout must be a positive number of seconds")
         timeout = min(timeout, timeout_header)  # may only shorten the server's deadline
-    deadline = time.monotonic() + timeout
-    parsed = await parse_images(request, settings.max_body_bytes, settings.max_images_per_request)
-    params = _merge(params_model, query, parsed.params)
-    images = await asyncio.gather(*(_decode(state, data, i) for i, data in enumerate(parsed.images)))
-    submit = asyncio.ensure_future(state.batcher.submit(list(images), deadline))
+    return time.monotonic() + timeout
+
+
+async def _read(request: Request, state: Serving, timeout_header: float | None) -> tuple[ParsedInput, float]:
+    """The deadline, then the body's images and parameters (checked before anything is decoded)."""
+    deadline = deadline_of(state.settings, timeout_header)
+    parsed = await parse_images(request, state.settings.max_body_bytes, state.settings.max_images_per_request)
+    return parsed, deadline
+
+
+async def compute(
+    request: Request,
+    state: Serving,
+    endpoint: str,
+    images: list[torch.Tensor],
+    deadline: float,
+    layer: int | None = None,
+) -> list[ItemResult]:
+    """Queue images for the shared batches and wait; a client that leaves takes its images out."""
+    submit = asyncio.ensure_future(state.batcher.submit(images, deadline, layer))
     gone = asyncio.ensure_future(_client_gone(request))
     try:
         await asyncio.wait({submit, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -154,13 +176,18 @@ async def _infer(
         raise ClientDisconnected("the client closed the connection")
     results = submit.result()
     state.metrics.images.labels(endpoint=endpoint).inc(len(results))
-    return results, params
+    return results
 
 
 async def _client_gone(request: Request) -> None:
     """Returns when the client disconnects (the body has been read, so only that can arrive)."""
     while (await request.receive())["type"] != "http.disconnect":
         pass
+
+
+async def decode_all(state: Serving, images: list[bytes]) -> list[torch.Tensor]:
+    """Decode every image off the event loop; the first bad one names its index."""
+    return list(await asyncio.gather(*(_decode(state, data, i) for i, data in enumerate(images))))
 
 
 async def _decode(state: Serving, data: bytes, index: int) -> torch.Tensor:
@@ -180,9 +207,15 @@ async def _decode(state: Serving, data: bytes, index: int) -> torch.Tensor:
     return tensor
 
 
+def _native_form(parsed: ParsedInput, endpoint: str) -> None:
+    if parsed.openai:
+        raise InvalidRequest(f'"input" is the OpenAI embeddings form, for /v1/embeddings; {endpoint} takes "images"')
+
+
 TimeoutHeader = Annotated[float | None, Header(alias="X-Request-Timeout", description="seconds; only shortens")]
-# what both image routes declare: their error responses, the three body forms, API keys
+# what the image routes declare: their error responses, the three body forms, API keys
 IMAGE_ROUTE: dict[str, Any] = {"responses": ERRORS, "openapi_extra": schemas.IMAGE_BODY, "dependencies": Authorized}
+EMBEDDINGS_ROUTE = IMAGE_ROUTE | {"openapi_extra": schemas.EMBEDDINGS_BODY}
 
 
 @router.post("/v1/classify", response_model=schemas.ClassifyResponse, **IMAGE_ROUTE)
@@ -196,10 +229,10 @@ async def classify(
     labels = state.engine.labels
     if not labels:
         raise InvalidParameter("this model has no classification head; use /v1/embeddings")
-    results, params = await _infer(
-        request, state, "/v1/classify", _classify_params(len(labels)), {"top_k": top_k}, x_request_timeout
-    )
-    k = params.top_k
+    parsed, deadline = await _read(request, state, x_request_timeout)
+    _native_form(parsed, "/v1/classify")
+    k = _merge(_classify_params(len(labels)), {"top_k": top_k}, parsed.params).top_k
+    results = await compute(request, state, "/v1/classify", await decode_all(state, parsed.images), deadline)
     out = []
     for result in results:
         if result.probs is None:  # labels exist only for a model with a head
@@ -216,7 +249,9 @@ async def classify(
     return JSONResponse({"model": state.engine.model_id, "results": out})
 
 
-@router.post("/v1/embeddings", response_model=schemas.EmbeddingsResponse, **IMAGE_ROUTE)
+@router.post(
+    "/v1/embeddings", response_model=schemas.EmbeddingsResponse | schemas.OpenAIEmbeddingsResponse, **EMBEDDINGS_ROUTE
+)
 async def embeddings(
     request: Request,
     state: Ready,
@@ -224,20 +259,80 @@ async def embeddings(
     encoding_format: Annotated[str | None, Query(description="float (default) or base64")] = None,
     x_request_timeout: TimeoutHeader = None,
 ) -> JSONResponse:
-    """The [class]-token embedding y = LN(z_L⁰) of each image."""
+    """The [class]-token embedding y = LN(z_L⁰) of each image; a body with `input` (OpenAI's
+    embeddings request) gets OpenAI's response shape."""
+    parsed, deadline = await _read(request, state, x_request_timeout)
     query = {"normalize": normalize, "encoding_format": encoding_format}
-    results, params = await _infer(request, state, "/v1/embeddings", EmbeddingParams, query, x_request_timeout)
+    params = _merge(OpenAIEmbeddingParams if parsed.openai else EmbeddingParams, query, parsed.params)
+    engine = state.engine
+    if parsed.openai:
+        if params.model != engine.model_id:
+            raise NotFound(f"model {params.model!r} is not served here; this service serves {engine.model_id!r}")
+        if params.dimensions is not None and params.dimensions != engine.model.cfg.embed_dim:
+            raise InvalidParameter(f"dimensions: this model's embeddings have {engine.model.cfg.embed_dim}")
+    results = await compute(request, state, "/v1/embeddings", await decode_all(state, parsed.images), deadline)
+    vectors = []
+    for result in results:
+        y = result.embedding.numpy()
+        if params.normalize:
+            y = y / max(float(np.linalg.norm(y)), 1e-12)
+        vectors.append(_b64(y, "<f4") if params.encoding_format == "base64" else y.tolist())
+    if parsed.openai:
+        tokens = len(results) * (engine.model.cfg.num_patches + 1)  # the tokens the encoder read
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+                "model": engine.model_id,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+    data = [{"index": i, "embedding": v} for i, v in enumerate(vectors)]
+    return JSONResponse({"model": engine.model_id, "dim": engine.model.cfg.embed_dim, "data": data})
+
+
+@router.post("/v1/features", response_model=schemas.FeaturesResponse, **IMAGE_ROUTE)
+async def features(
+    request: Request,
+    state: Ready,
+    layer: Annotated[int | None, Query(description="hidden state z_l: 0 … L, or from the end (-1 = z_L)")] = None,
+    tokens: Annotated[str | None, Query(description="all (default: [class] and patches) or patch")] = None,
+    dtype: Annotated[str | None, Query(description="float32 (default) or float16")] = None,
+    x_request_timeout: TimeoutHeader = None,
+) -> JSONResponse:
+    """One layer's hidden states for each image, as LLaVA-style vision-language models read them."""
+    parsed, deadline = await _read(request, state, x_request_timeout)
+    _native_form(parsed, "/v1/features")
+    params = _merge(FeatureParams, {"layer": layer, "tokens": tokens, "dtype": dtype}, parsed.params)
+    depth = state.engine.model.cfg.depth
+    if not -(depth + 1) <= params.layer <= depth:
+        raise InvalidParameter(f"layer: must be in -{depth + 1} … {depth} for this {depth}-layer model")
+    images = await decode_all(state, parsed.images)
+    results = await compute(request, state, "/v1/features", images, deadline, params.layer)
+    dtype_code = "<f2" if params.dtype == "float16" else "<f4"
     data = []
     for i, result in enumerate(results):
-        y = result.embedding
-        if params.normalize:
-            y = torch.nn.functional.normalize(y, dim=0)
-        if params.encoding_format == "base64":
-            value: Any = base64.b64encode(y.numpy().astype("<f4").tobytes()).decode("ascii")
-        else:
-            value = y.tolist()
-        data.append({"index": i, "embedding": value})
-    return JSONResponse({"model": state.engine.model_id, "dim": state.engine.model.cfg.embed_dim, "data": data})
+        if result.hidden is None:  # the batcher fills the layer each item asked for
+            raise InferenceFailed("the model returned no hidden states")
+        hidden = result.hidden.numpy()
+        if params.tokens == "patch":
+            hidden = hidden[1:]
+        data.append({"index": i, "shape": list(hidden.shape), "features": _b64(hidden, dtype_code)})
+    return JSONResponse(
+        {
+            "model": state.engine.model_id,
+            "layer": params.layer,
+            "tokens": params.tokens,
+            "dtype": params.dtype,
+            "data": data,
+        }
+    )
+
+
+def _b64(array: np.ndarray, dtype_code: str) -> str:
+    """Little-endian bytes of `array` in `dtype_code`, base64: converted by numpy, so no torch
+    thread team is ever started outside the engine's thread."""
+    return base64.b64encode(np.ascontiguousarray(array, dtype=dtype_code).tobytes()).decode("ascii")
 
 
 @router.get("/v1/models", response_model=schemas.ModelsResponse, dependencies=Authorized)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from pydantic import BaseModel, Field
 
 
@@ -29,6 +31,40 @@ class EmbeddingsResponse(BaseModel):
     model: str
     dim: int
     data: list[Embedding]
+
+
+class OpenAIEmbedding(BaseModel):
+    object: str = "embedding"
+    index: int
+    embedding: list[float] | str
+
+
+class Usage(BaseModel):
+    prompt_tokens: int = Field(description="tokens the encoder read: images × (patches + 1)")
+    total_tokens: int
+
+
+class OpenAIEmbeddingsResponse(BaseModel):
+    """OpenAI's embeddings response, for a request sent in OpenAI's form (with `input`)."""
+
+    object: str = "list"
+    data: list[OpenAIEmbedding]
+    model: str
+    usage: Usage
+
+
+class Features(BaseModel):
+    index: int
+    shape: list[int] = Field(description="(tokens, D): tokens = patches + 1, or patches only")
+    features: str = Field(description="base64 of the little-endian values, row-major")
+
+
+class FeaturesResponse(BaseModel):
+    model: str
+    layer: int
+    tokens: str
+    dtype: str
+    data: list[Features]
 
 
 class CheckpointInfo(BaseModel):
@@ -69,29 +105,49 @@ class ErrorResponse(BaseModel):
     error: ErrorDetail
 
 
-IMAGE_BODY = {
+class V2Error(BaseModel):
+    """The Open Inference Protocol's error object."""
+
+    error: str
+
+
+_NATIVE_JSON: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "images": {"type": "array", "items": {"type": "string"}, "description": "base64 or data URLs"},
+    },
+    "required": ["images"],
+}
+_BINARY = {"schema": {"type": "string", "format": "binary"}}
+_IMAGE_CONTENT: dict[str, Any] = {
+    "image/jpeg": _BINARY,
+    "image/png": _BINARY,
+    "application/octet-stream": _BINARY,
+    "multipart/form-data": {
+        "schema": {
+            "type": "object",
+            "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}}},
+            "required": ["image"],
+        }
+    },
+    "application/json": {"schema": _NATIVE_JSON},
+}
+_OPENAI_FORM: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        "model": {"type": "string"},
+        "input": {
+            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
+            "description": "data URLs or base64 images",
+        },
+        "encoding_format": {"type": "string", "enum": ["float", "base64"]},
+    },
+    "required": ["model", "input"],
+}
+IMAGE_BODY = {"requestBody": {"required": True, "content": _IMAGE_CONTENT}}
+EMBEDDINGS_BODY = {
     "requestBody": {
         "required": True,
-        "content": {
-            "image/jpeg": {"schema": {"type": "string", "format": "binary"}},
-            "image/png": {"schema": {"type": "string", "format": "binary"}},
-            "application/octet-stream": {"schema": {"type": "string", "format": "binary"}},
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-                    "required": ["image"],
-                }
-            },
-            "application/json": {
-                "schema": {
-                    "type": "object",
-                    "properties": {
-                        "images": {"type": "array", "items": {"type": "string"}, "description": "base64 or data URLs"},
-                    },
-                    "required": ["images"],
-                }
-            },
-        },
+        "content": _IMAGE_CONTENT | {"application/json": {"schema": {"oneOf": [_NATIVE_JSON, _OPENAI_FORM]}}},
     }
 }

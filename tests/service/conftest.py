@@ -10,7 +10,7 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 import httpx
 import torch
@@ -39,14 +39,14 @@ class ControlledEngine(Engine):
     batch_sizes: list[int]
     threads: set[str]  # the threads its forward passes ran on
 
-    def forward(self, pixels: torch.Tensor) -> BatchOutput:
+    def forward(self, pixels: torch.Tensor, hidden_layers: Sequence[int] = ()) -> BatchOutput:
         self.threads.add(threading.current_thread().name)
         self.gate.wait(30)
         if self.fail:
             raise RuntimeError("injected failure")
         time.sleep(self.delay_s)
         self.batch_sizes.append(len(pixels))
-        return super().forward(pixels)
+        return super().forward(pixels, hidden_layers)
 
 
 def controlled(settings: Settings) -> ControlledEngine:

@@ -31,7 +31,7 @@ class FakeModel:
         self.threads.add(threading.current_thread().name)
         return torch.stack(images)
 
-    def forward(self, batch: torch.Tensor) -> BatchOutput:
+    def forward(self, batch: torch.Tensor, hidden_layers: list[int]) -> BatchOutput:
         self.threads.add(threading.current_thread().name)
         self.gate.wait(10)
         if self.oom_above is not None and len(batch) > self.oom_above:
@@ -41,7 +41,9 @@ class FakeModel:
             raise RuntimeError("fake: this batch fails")
         time.sleep(self.delay_s)
         self.batches.append(ids)
-        return BatchOutput(probs=None, embeddings=batch.float().mean(dim=(1, 2, 3)).unsqueeze(1))
+        means = batch.float().mean(dim=(1, 2, 3))
+        hidden = {layer: (means + 1000 * layer).view(-1, 1, 1) for layer in hidden_layers}  # "layer l" = mean + 1000 l
+        return BatchOutput(probs=None, embeddings=means.unsqueeze(1), hidden=hidden)
 
     @property
     def computed(self) -> list[int]:
@@ -127,6 +129,21 @@ async def test_with_one_batch_in_flight_the_next_takes_all_that_arrived_on_the_e
     await batcher.close()
     assert engine_thread.submit(lambda: "alive").result() == "alive"  # the engine's, not the batcher's to stop
     engine_thread.shutdown()
+
+
+async def test_each_item_gets_the_hidden_layer_it_asked_for_from_a_shared_batch() -> None:
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model, max_batch_size=8, adaptive=False)
+    asks = [None, 2, -1, 2]
+    tasks = [asyncio.create_task(batcher.submit([image(i)], later(), layer)) for i, layer in enumerate(asks)]
+    await asyncio.sleep(0.1)
+    model.gate.set()
+    results = [r[0] for r in await asyncio.gather(*tasks)]
+    assert model.batches == [[0, 1, 2, 3]]  # one forward pass served all four
+    assert results[0].hidden is None
+    assert [r.hidden.item() for r in results[1:]] == [1 + 2000, 2 - 1000, 3 + 2000]  # type: ignore[union-attr]
+    await batcher.close()
 
 
 async def test_large_request_is_split_across_batches() -> None:

@@ -1,0 +1,183 @@
+"""Open Inference Protocol v2 (KServe, Triton, Seldon): health, metadata, and inference through
+the same batcher as /v1, so those clients work unchanged.
+
+One input tensor per request, named by its datatype: `image` (BYTES: encoded image files as
+base64 strings or data URLs), `pixels` (UINT8 [B, 3, S, S]: already resized pixels, normalised
+here) or `pixel_values` (FP32 [B, 3, S, S]: already normalised). Outputs `probabilities`
+(FP32 [B, classes], when the model has a head) and `embedding` (FP32 [B, D], y = LN(z_L⁰)).
+Errors are the protocol's `{"error": message}` (see app.error_response).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import numpy as np
+import torch
+from fastapi import APIRouter, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from service import schemas
+from service.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
+from service.inputs import decode_base64, read_body
+from service.routes import Authorized, Ready, Serving, State, TimeoutHeader, compute, deadline_of, decode_all
+
+VERSION = "0.1.0"
+INPUTS = {"BYTES": "image", "UINT8": "pixels", "FP32": "pixel_values"}
+
+router = APIRouter(
+    prefix="/v2",
+    tags=["Open Inference Protocol v2"],
+    responses={code: {"model": schemas.V2Error} for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)},
+)
+
+
+class InferInput(BaseModel):
+    name: str
+    shape: list[int]
+    datatype: Literal["BYTES", "UINT8", "FP32"]
+    parameters: dict[str, Any] | None = None
+    data: list[Any]
+
+
+class RequestedOutput(BaseModel):
+    name: str
+    parameters: dict[str, Any] | None = None
+
+
+class InferRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    id: str | None = None
+    parameters: dict[str, Any] | None = None
+    inputs: list[InferInput]
+    outputs: list[RequestedOutput] | None = None
+
+
+@router.get("")
+async def server_metadata() -> dict[str, Any]:
+    return {"name": "vit-serve", "version": VERSION, "extensions": []}
+
+
+@router.get("/health/live")
+async def live() -> dict[str, bool]:
+    """The process answers HTTP: like /healthz."""
+    return {"live": True}
+
+
+@router.get("/health/ready")
+async def ready(state: State) -> JSONResponse:
+    """The model is loaded, warmed up and its batch loop runs: like /readyz."""
+    is_ready = state.readiness == "ready"
+    return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@router.get("/models/{name}/ready")
+async def model_ready(name: str, state: State) -> JSONResponse:
+    if state.engine is not None and name != state.engine.model_id:
+        raise NotFound(f"model {name!r} is not served here")
+    return await ready(state)
+
+
+@router.get("/models/{name}", dependencies=Authorized)
+async def model_metadata(name: str, state: Ready) -> dict[str, Any]:
+    engine = _model(state, name)
+    cfg, size = engine.model.cfg, engine.image_size
+    outputs = [{"name": "embedding", "datatype": "FP32", "shape": [-1, cfg.embed_dim]}]
+    if cfg.num_classes:
+        outputs.insert(0, {"name": "probabilities", "datatype": "FP32", "shape": [-1, cfg.num_classes]})
+    return {
+        "name": engine.model_id,
+        "versions": ["1"],
+        "platform": "pytorch",
+        "inputs": [
+            {"name": "image", "datatype": "BYTES", "shape": [-1]},
+            {"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, size, size]},
+            {"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, size, size]},
+        ],
+        "outputs": outputs,
+    }
+
+
+@router.post("/models/{name}/infer", dependencies=Authorized)
+async def infer(name: str, request: Request, state: Ready, x_request_timeout: TimeoutHeader = None) -> JSONResponse:
+    """Probabilities and embeddings of a batch of images, computed in the shared batches."""
+    engine = _model(state, name)
+    deadline = deadline_of(state.settings, x_request_timeout)
+    body = await _request(request, state)
+    if len(body.inputs) != 1:
+        raise InvalidRequest(f"expected one input tensor (image, pixels or pixel_values), got {len(body.inputs)}")
+    tensor = body.inputs[0]
+    available = ["probabilities", "embedding"] if engine.labels else ["embedding"]
+    wanted = [o.name for o in body.outputs] if body.outputs else available
+    if unknown := [n for n in wanted if n not in available]:
+        raise InvalidRequest(f"unknown output {unknown[0]!r}; this model has {available}")
+    images = await _images(state, tensor)
+    results = await compute(request, state, "/v2/models/{name}/infer", images, deadline)
+    outputs = []
+    for output in wanted:
+        rows = [r.probs if output == "probabilities" else r.embedding for r in results]
+        stacked = torch.stack(rows).numpy()  # type: ignore[arg-type]
+        outputs.append(
+            {"name": output, "datatype": "FP32", "shape": list(stacked.shape), "data": stacked.ravel().tolist()}
+        )
+    response: dict[str, Any] = {"model_name": engine.model_id, "model_version": "1", "outputs": outputs}
+    if body.id is not None:
+        response["id"] = body.id
+    return JSONResponse(response)
+
+
+def _model(state: Serving, name: str) -> Any:
+    if name != state.engine.model_id:
+        raise NotFound(f"model {name!r} is not served here; this service serves {state.engine.model_id!r}")
+    return state.engine
+
+
+async def _request(request: Request, state: Serving) -> InferRequest:
+    media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
+    if media_type not in ("application/json", ""):
+        raise UnsupportedMediaType(f"Content-Type {media_type} is not accepted; send application/json")
+    if "inference-header-content-length" in request.headers:
+        raise InvalidRequest("the binary tensor data extension is not supported; send the tensors as JSON")
+    raw = await read_body(request, state.settings.max_body_bytes)
+    try:
+        return InferRequest.model_validate(json.loads(raw))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise InvalidRequest(f"invalid inference request: {where}: {first['msg']}") from None
+
+
+async def _images(state: Serving, tensor: InferInput) -> list[torch.Tensor]:
+    """The input tensor as one (3, S, S) tensor per image: decoded files, pixels or normalised values."""
+    expected = INPUTS[tensor.datatype]
+    if tensor.name != expected:
+        raise InvalidRequest(f"a {tensor.datatype} input must be named {expected!r}, not {tensor.name!r}")
+    try:
+        values = np.asarray(tensor.data, dtype=object if tensor.datatype == "BYTES" else None).ravel()
+    except ValueError:
+        raise InvalidRequest(f"input {tensor.name!r}: data is not a regular (nested) list") from None
+    if not tensor.shape or min(tensor.shape) < 1 or values.size != int(np.prod(tensor.shape)):
+        raise InvalidRequest(f"input {tensor.name!r}: {values.size} values do not fill shape {tensor.shape}")
+    batch = tensor.shape[0]
+    if batch > state.settings.max_images_per_request:
+        raise PayloadTooLarge(f"{batch} images in one request; the limit is {state.settings.max_images_per_request}")
+    if tensor.datatype == "BYTES":
+        if values.size != batch or not all(isinstance(v, str) for v in values):
+            raise InvalidRequest("input 'image': one base64 string (or data URL) per image, shape [B] or [B, 1]")
+        return await decode_all(state, [decode_base64(v, i, "image") for i, v in enumerate(values)])
+    size = state.engine.image_size
+    if tensor.shape != [batch, 3, size, size]:
+        raise InvalidRequest(f"input {tensor.name!r}: shape must be [B, 3, {size}, {size}], not {tensor.shape}")
+    if tensor.datatype == "UINT8":
+        if values.dtype.kind not in "iu" or values.min() < 0 or values.max() > 255:
+            raise InvalidRequest(f"input {tensor.name!r}: UINT8 data must be integers in 0 … 255")
+        array = values.astype(np.uint8)
+    else:
+        if values.dtype.kind not in "iuf" or not np.isfinite(values).all():
+            raise InvalidRequest(f"input {tensor.name!r}: FP32 data must be finite numbers")
+        array = values.astype(np.float32)
+    return list(torch.from_numpy(array.reshape(tensor.shape)).unbind(0))
