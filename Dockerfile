@@ -1,19 +1,26 @@
 # syntax=docker/dockerfile:1
-# vit-serve. CPU image by default; for NVIDIA GPUs build with
-#   --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128
+# vit-serve: the service with its built-in model, as a non-root user.
+#
+#   docker build -t vit-serve:cpu .                                              # CPU-only torch
+#   docker build -t vit-serve:gpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+#
+# The CUDA wheels carry their own CUDA runtime: a GPU host needs only the NVIDIA driver and
+# the NVIDIA container toolkit (`docker run --gpus all …`). Settings are VIT_* variables.
 ARG PYTHON=3.11
 
 FROM python:${PYTHON}-slim AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
-ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+ARG TORCH_VERSION=2.13.0
+ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
 RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
-# Dependencies in their own layer, before the code.
-RUN pip install --index-url "${TORCH_INDEX}" torch==2.13.0
+WORKDIR /src
+# Dependencies in their own layers, before the code: torch (the big one), then the rest, read
+# from pyproject.toml so that the list exists in one place.
+RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md ./
-RUN pip install "fastapi>=0.115" "starlette>=0.40" "python-multipart>=0.0.18" "uvicorn[standard]>=0.30" \
-        "pydantic>=2.7" "pydantic-settings>=2.3" "prometheus-client>=0.20" "pillow>=10.3" \
-        "safetensors>=0.4.3" "numpy>=1.26" "tqdm>=4.66"
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+        > /tmp/requirements.txt \
+    && pip install -r /tmp/requirements.txt
 COPY model ./model
 COPY service ./service
 RUN pip install --no-deps .
@@ -22,9 +29,10 @@ FROM python:${PYTHON}-slim
 COPY --from=build /opt/venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 VIT_HOST=0.0.0.0 VIT_PORT=8000
 RUN useradd --create-home --uid 10001 vit
-USER vit
+USER 10001
 WORKDIR /home/vit
 EXPOSE 8000
-HEALTHCHECK --interval=10s --timeout=3s --start-period=60s --retries=3 \
-    CMD python -c "import urllib.request,sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz').status != 200)"
+# Readiness, not liveness: Docker (and compose's depends_on) should route only to a warm model.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=120s --retries=3 \
+    CMD ["python", "-c", "import urllib.request, sys; sys.exit(urllib.request.urlopen('http://127.0.0.1:8000/readyz', timeout=2).status != 200)"]
 ENTRYPOINT ["vit-serve"]

@@ -28,6 +28,7 @@ lint:
 	$(BIN)/ruff format --check model service bench tests
 	$(BIN)/mypy model service bench
 	$(BIN)/bandit -q -r model service
+	$(BIN)/hadolint Dockerfile
 
 test: install-test lint
 	$(BIN)/python -m pytest -q

@@ -178,6 +178,15 @@ class Engine:
             hidden = {layer: h.float().cpu() for layer, h in out.hidden_states.items()}
             return BatchOutput(probs, out.embedding[:size].float().cpu(), hidden)
 
+    def gpu_memory(self) -> dict[str, int]:
+        """Bytes allocated and reserved on the model's GPU, for /metrics; empty on the CPU."""
+        if self.device.type != "cuda":
+            return {}
+        return {
+            "allocated": torch.cuda.memory_allocated(self.device),
+            "reserved": torch.cuda.memory_reserved(self.device),
+        }
+
     def warmup(self, max_batch_size: int) -> None:
         """Run every bucket once (powers of two below `max_batch_size`, and it), so that
         allocation and compilation happen before traffic."""

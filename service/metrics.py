@@ -42,3 +42,9 @@ class Metrics:
             "vit_dropped_images", "Queued images never computed because their client had gone", registry=r
         )
         self.model_info = Gauge("vit_model_info", "The model being served", ["model", "device", "dtype"], registry=r)
+        self.gpu_memory = Gauge(
+            "vit_gpu_memory_bytes",
+            "CUDA memory of the model's device: allocated by tensors, reserved by torch's caching allocator",
+            ["kind"],
+            registry=r,
+        )

@@ -378,4 +378,7 @@ async def readyz(state: State) -> JSONResponse:
 
 @router.get("/metrics", response_class=Response)
 async def metrics(state: State) -> Response:
+    if state.engine is not None:
+        for kind, value in state.engine.gpu_memory().items():
+            state.metrics.gpu_memory.labels(kind=kind).set(value)
     return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

