@@ -11,6 +11,7 @@ Errors are the protocol's `{"error": message}` (see app.error_response).
 from __future__ import annotations
 
 import json
+import math
 from typing import Any, Literal
 
 import numpy as np
@@ -160,7 +161,7 @@ async def _images(state: Serving, tensor: InferInput) -> list[torch.Tensor]:
         values = np.asarray(tensor.data, dtype=object if tensor.datatype == "BYTES" else None).ravel()
     except ValueError:
         raise InvalidRequest(f"input {tensor.name!r}: data is not a regular (nested) list") from None
-    if not tensor.shape or min(tensor.shape) < 1 or values.size != int(np.prod(tensor.shape)):
+    if not tensor.shape or min(tensor.shape) < 1 or values.size != math.prod(tensor.shape):
         raise InvalidRequest(f"input {tensor.name!r}: {values.size} values do not fill shape {tensor.shape}")
     batch = tensor.shape[0]
     if batch > state.settings.max_images_per_request:

@@ -72,3 +72,39 @@ def test_fuzz_seeds_decode() -> None:
     for data in SEEDS:
         assert Image.open(io.BytesIO(data)).size == (12, 9)
         assert load_image(data, 16, CFG).shape == (3, 16, 16)
+
+
+_PNG_B64 = __import__("base64").b64encode(encode(gradient(), "PNG")).decode()
+_json_leaf = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-(2**70), 2**70),
+    st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8),
+    st.just(_PNG_B64),
+)
+_json = st.recursive(
+    _json_leaf, lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=6), inner, max_size=4)
+)
+_tensor = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["image", "pixels", "pixel_values", "x"]),
+        "shape": st.lists(st.integers(-2, 2**66), max_size=4),
+        "datatype": st.sampled_from(["BYTES", "UINT8", "FP32", "INT8"]),
+        "data": st.lists(_json, max_size=6),
+    }
+)
+_infer_body = st.one_of(
+    _json, st.fixed_dictionaries({"inputs": st.lists(_tensor, max_size=2)}, optional={"outputs": _json})
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
+@given(body=_infer_body)
+def test_v2_infer_answers_every_body_with_a_4xx_or_200(base_url: str, body: object) -> None:
+    import httpx
+
+    response = httpx.post(f"{base_url}/v2/models/vit_test_tiny/infer", json=body, timeout=30)
+    assert response.status_code in (200, 400, 413), response.text
+    if response.status_code != 200:
+        assert isinstance(response.json()["error"], str)
