@@ -102,6 +102,14 @@ def test_service_pdb_and_hpa_select_the_deployment(exported_metrics: set[str]) -
 # ---------------------------------------------------------------- compose, Prometheus, Grafana
 
 
+def test_compose_file_is_valid_against_the_compose_specification() -> None:
+    # check-jsonschema ships the Compose Specification's JSON schema: this runs offline
+    tool = Path(sys.executable).parent / "check-jsonschema"
+    args = [str(tool), "--builtin-schema", "vendor.compose-spec", str(ROOT / "docker-compose.yml")]
+    result = subprocess.run(args, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0 and "validation done" in result.stdout, result.stdout + result.stderr
+
+
 def test_compose_profiles_gpu_reservation_healthcheck_and_drain() -> None:
     compose = load_yaml(ROOT / "docker-compose.yml")
     services = compose["services"]
