@@ -1,11 +1,12 @@
 """Open Inference Protocol v2 (KServe, Triton, Seldon): health, metadata, and inference through
 the same batcher as /v1, so those clients work unchanged.
 
-One input tensor per request, named by its datatype: `image` (BYTES: encoded image files as
-base64 strings or data URLs), `pixels` (UINT8 [B, 3, S, S]: already resized pixels, normalised
+One input tensor per request, named by its datatype: `image` (BYTES: encoded image files, as
+base64 strings or data URLs in JSON, raw in binary), `pixels` (UINT8 [B, 3, S, S]: already resized pixels, normalised
 here) or `pixel_values` (FP32 [B, 3, S, S]: already normalised). Outputs `probabilities`
 (FP32 [B, classes], when the model has a head) and `embedding` (FP32 [B, D], y = LN(z_L⁰)).
-Errors are the protocol's `{"error": message}` (see app.error_response).
+Errors are the protocol's `{"error": message}` (see app.error_response). Triton's binary tensor
+data extension is supported both ways, as `tritonclient` uses it by default.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from service import schemas
@@ -40,7 +41,7 @@ class InferInput(BaseModel):
     shape: list[int]
     datatype: Literal["BYTES", "UINT8", "FP32"]
     parameters: dict[str, Any] | None = None
-    data: list[Any]
+    data: list[Any] | None = None  # absent when the tensor is sent as binary data
 
 
 class RequestedOutput(BaseModel):
@@ -58,7 +59,7 @@ class InferRequest(BaseModel):
 
 @router.get("")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "vit-serve", "version": VERSION, "extensions": []}
+    return {"name": "vit-serve", "version": VERSION, "extensions": ["binary_tensor_data"]}
 
 
 @router.get("/health/live")
@@ -102,31 +103,43 @@ async def model_metadata(name: str, state: Ready) -> dict[str, Any]:
 
 
 @router.post("/models/{name}/infer", dependencies=Authorized)
-async def infer(name: str, request: Request, state: Ready, x_request_timeout: TimeoutHeader = None) -> JSONResponse:
+async def infer(name: str, request: Request, state: Ready, x_request_timeout: TimeoutHeader = None) -> Response:
     """Probabilities and embeddings of a batch of images, computed in the shared batches."""
     engine = _model(state, name)
     deadline = deadline_of(state.settings, x_request_timeout)
-    body = await _request(request, state)
+    body, binary = await _request(request, state)
     if len(body.inputs) != 1:
         raise InvalidRequest(f"expected one input tensor (image, pixels or pixel_values), got {len(body.inputs)}")
     tensor = body.inputs[0]
     available = ["probabilities", "embedding"] if engine.labels else ["embedding"]
-    wanted = [o.name for o in body.outputs] if body.outputs else available
-    if unknown := [n for n in wanted if n not in available]:
+    requested = body.outputs or [RequestedOutput(name=n) for n in available]
+    if unknown := [o.name for o in requested if o.name not in available]:
         raise InvalidRequest(f"unknown output {unknown[0]!r}; this model has {available}")
-    images = await _images(state, tensor)
+    all_binary = bool((body.parameters or {}).get("binary_data_output", False))
+    images = await _images(state, tensor, _input_bytes(tensor, binary))
     results = await compute(request, state, "/v2/models/{name}/infer", images, deadline)
-    outputs = []
-    for output in wanted:
-        rows = [r.probs if output == "probabilities" else r.embedding for r in results]
-        stacked = torch.stack(rows).numpy()  # type: ignore[arg-type]
-        outputs.append(
-            {"name": output, "datatype": "FP32", "shape": list(stacked.shape), "data": stacked.ravel().tolist()}
-        )
+    outputs, chunks = [], []
+    for output in requested:
+        rows = [r.probs if output.name == "probabilities" else r.embedding for r in results]
+        stacked = torch.stack(rows).numpy().astype("<f4")  # type: ignore[arg-type]
+        entry: dict[str, Any] = {"name": output.name, "datatype": "FP32", "shape": list(stacked.shape)}
+        if (output.parameters or {}).get("binary_data", all_binary):
+            chunks.append(stacked.tobytes())
+            entry["parameters"] = {"binary_data_size": len(chunks[-1])}
+        else:
+            entry["data"] = stacked.ravel().tolist()
+        outputs.append(entry)
     response: dict[str, Any] = {"model_name": engine.model_id, "model_version": "1", "outputs": outputs}
     if body.id is not None:
         response["id"] = body.id
-    return JSONResponse(response)
+    if not chunks:
+        return JSONResponse(response)
+    header = json.dumps(response, separators=(",", ":")).encode()
+    return Response(
+        header + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={"Inference-Header-Content-Length": str(len(header))},
+    )
 
 
 def _model(state: Serving, name: str) -> Any:
@@ -135,15 +148,20 @@ def _model(state: Serving, name: str) -> Any:
     return state.engine
 
 
-async def _request(request: Request, state: Serving) -> InferRequest:
+async def _request(request: Request, state: Serving) -> tuple[InferRequest, bytes]:
+    """The JSON inference request, and the binary tensor data after it (empty without)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
-    if media_type not in ("application/json", ""):
+    header_length = request.headers.get("inference-header-content-length")
+    if media_type not in ("application/json", "application/octet-stream", ""):
         raise UnsupportedMediaType(f"Content-Type {media_type} is not accepted; send application/json")
-    if "inference-header-content-length" in request.headers:
-        raise InvalidRequest("the binary tensor data extension is not supported; send the tensors as JSON")
     raw = await read_body(request, state.settings.max_body_bytes)
+    split = len(raw)
+    if header_length is not None:
+        if not header_length.isdigit() or not 0 < int(header_length) <= len(raw):
+            raise InvalidRequest("Inference-Header-Content-Length must be the JSON header's length in bytes")
+        split = int(header_length)
     try:
-        return InferRequest.model_validate(json.loads(raw))
+        return InferRequest.model_validate(json.loads(raw[:split])), raw[split:]
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
     except ValidationError as exc:
@@ -152,23 +170,66 @@ async def _request(request: Request, state: Serving) -> InferRequest:
         raise InvalidRequest(f"invalid inference request: {where}: {first['msg']}") from None
 
 
-async def _images(state: Serving, tensor: InferInput) -> list[torch.Tensor]:
+def _input_bytes(tensor: InferInput, binary: bytes) -> bytes | None:
+    """The tensor's binary data (the one input's, so all of it), or None when it came as JSON."""
+    size = (tensor.parameters or {}).get("binary_data_size")
+    if size is None:
+        if binary:
+            raise InvalidRequest("binary data follows the JSON header, but no input declares binary_data_size")
+        if tensor.data is None:
+            raise InvalidRequest(f"input {tensor.name!r} has neither data nor binary_data_size")
+        return None
+    if size != len(binary):
+        raise InvalidRequest(f"input {tensor.name!r}: binary_data_size is {size}, but {len(binary)} bytes follow")
+    return binary
+
+
+def _values(tensor: InferInput, binary: bytes | None) -> np.ndarray:
+    """The tensor's elements, flat: from JSON (flat or nested lists) or from binary data."""
+    if binary is None:
+        try:
+            return np.asarray(tensor.data, dtype=object if tensor.datatype == "BYTES" else None).ravel()
+        except ValueError:
+            raise InvalidRequest(f"input {tensor.name!r}: data is not a regular (nested) list") from None
+    if tensor.datatype == "UINT8":
+        return np.frombuffer(binary, dtype=np.uint8)
+    if tensor.datatype == "FP32":
+        if len(binary) % 4:
+            raise InvalidRequest(f"input {tensor.name!r}: FP32 binary data is not a whole number of values")
+        return np.frombuffer(binary, dtype="<f4")
+    elements, offset = [], 0  # BYTES: each element is a 4-byte little-endian length, then the bytes
+    while offset < len(binary):
+        if offset + 4 > len(binary):
+            raise InvalidRequest(f"input {tensor.name!r}: truncated BYTES element length")
+        length = int.from_bytes(binary[offset : offset + 4], "little")
+        offset += 4
+        if offset + length > len(binary):
+            raise InvalidRequest(f"input {tensor.name!r}: a BYTES element runs past the data")
+        elements.append(binary[offset : offset + length])
+        offset += length
+    values = np.empty(len(elements), dtype=object)
+    values[:] = elements
+    return values
+
+
+async def _images(state: Serving, tensor: InferInput, binary: bytes | None) -> list[torch.Tensor]:
     """The input tensor as one (3, S, S) tensor per image: decoded files, pixels or normalised values."""
     expected = INPUTS[tensor.datatype]
     if tensor.name != expected:
         raise InvalidRequest(f"a {tensor.datatype} input must be named {expected!r}, not {tensor.name!r}")
-    try:
-        values = np.asarray(tensor.data, dtype=object if tensor.datatype == "BYTES" else None).ravel()
-    except ValueError:
-        raise InvalidRequest(f"input {tensor.name!r}: data is not a regular (nested) list") from None
+    values = _values(tensor, binary)
     if not tensor.shape or min(tensor.shape) < 1 or values.size != math.prod(tensor.shape):
         raise InvalidRequest(f"input {tensor.name!r}: {values.size} values do not fill shape {tensor.shape}")
     batch = tensor.shape[0]
     if batch > state.settings.max_images_per_request:
         raise PayloadTooLarge(f"{batch} images in one request; the limit is {state.settings.max_images_per_request}")
     if tensor.datatype == "BYTES":
-        if values.size != batch or not all(isinstance(v, str) for v in values):
-            raise InvalidRequest("input 'image': one base64 string (or data URL) per image, shape [B] or [B, 1]")
+        if values.size != batch:
+            raise InvalidRequest("input 'image': one image file per row, shape [B] or [B, 1]")
+        if binary is not None:  # the raw files
+            return await decode_all(state, list(values))
+        if not all(isinstance(v, str) for v in values):
+            raise InvalidRequest("input 'image': JSON data holds one base64 string (or data URL) per image")
         return await decode_all(state, [decode_base64(v, i, "image") for i, v in enumerate(values)])
     size = state.engine.image_size
     if tensor.shape != [batch, 3, size, size]:

@@ -225,8 +225,9 @@ async def test_model_error_fails_exactly_that_batch_and_the_loop_goes_on() -> No
 async def test_out_of_memory_splits_the_batch_before_failing_anything() -> None:
     model = FakeModel(oom_above=2)
     batcher = make(model, max_batch_size=8)
-    results = await batcher.submit([image(i) for i in range(8)], later())
+    results = await batcher.submit([image(i) for i in range(8)], later(), layer=3)
     assert [r.embedding.item() for r in results] == list(range(8))
+    assert [r.hidden.item() for r in results] == [i + 3000 for i in range(8)]  # type: ignore[union-attr]
     assert all(len(b) <= 2 for b in model.batches)
     await batcher.close()
 

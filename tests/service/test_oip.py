@@ -4,6 +4,7 @@ giving the same answers as /v1, and errors as `{"error": message}`."""
 from __future__ import annotations
 
 import base64
+import json
 import threading
 
 import httpx
@@ -13,7 +14,7 @@ import pytest
 from model.preprocess import load_image, normalize
 from service.engine import Engine
 from tests.images import encode, gradient, photo
-from tests.service.conftest import serve, tiny_settings
+from tests.service.conftest import live_server, serve, tiny_settings
 
 PNG = encode(gradient(), "PNG")
 JPEG = encode(photo(), "JPEG")
@@ -35,7 +36,7 @@ def v2_error(response: httpx.Response) -> int:
 
 async def test_server_and_model_metadata_and_health(client: httpx.AsyncClient) -> None:
     server = (await client.get("/v2")).json()
-    assert server == {"name": "vit-serve", "version": server["version"], "extensions": []}
+    assert server == {"name": "vit-serve", "version": server["version"], "extensions": ["binary_tensor_data"]}
     assert (await client.get("/v2/health/live")).status_code == 200
     assert (await client.get("/v2/health/ready")).status_code == 200
     assert (await client.get("/v2/models/vit_test_tiny/ready")).status_code == 200
@@ -160,3 +161,45 @@ async def test_readiness_is_red_while_loading() -> None:
         assert (await c.get("/v2/health/ready")).status_code == 503
         assert v2_error(await c.post(INFER, json=_tensor())) == 503
         release.set()
+
+
+def test_tritonclient_works_unchanged_with_binary_tensors() -> None:
+    import tritonclient.http as triton
+
+    with live_server(tiny_settings()) as (url, _):
+        native = httpx.post(f"{url}/v1/embeddings", json={"images": B64}).json()
+        expected = np.array([d["embedding"] for d in native["data"]], dtype=np.float32)
+        client = triton.InferenceServerClient(url.removeprefix("http://"))
+        try:
+            assert client.is_server_live() and client.is_server_ready() and client.is_model_ready("vit_test_tiny")
+            assert client.get_server_metadata()["extensions"] == ["binary_tensor_data"]
+            images = triton.InferInput("image", [2], "BYTES")
+            images.set_data_from_numpy(np.array([PNG, JPEG], dtype=np.object_))  # binary_data=True: the default
+            binary = client.infer("vit_test_tiny", [images], outputs=[triton.InferRequestedOutput("embedding")])
+            np.testing.assert_allclose(binary.as_numpy("embedding"), expected, rtol=1e-5, atol=1e-6)
+            pixels = triton.InferInput("pixels", [1, 3, 32, 32], "UINT8")
+            engine = Engine.from_settings(tiny_settings())
+            pixels.set_data_from_numpy(load_image(PNG, 32, engine.preprocess)[None].numpy(), binary_data=True)
+            as_json = triton.InferRequestedOutput("probabilities", binary_data=False)
+            answer = client.infer(
+                "vit_test_tiny", [pixels], outputs=[as_json, triton.InferRequestedOutput("embedding")]
+            )
+            np.testing.assert_allclose(answer.as_numpy("embedding")[0], expected[0], rtol=1e-5, atol=1e-6)
+            np.testing.assert_allclose(answer.as_numpy("probabilities").sum(), 1.0, rtol=1e-5)
+        finally:
+            client.close()
+
+
+async def test_binary_framing_errors_are_400() -> None:
+    header = json.dumps(
+        {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 10}}]}
+    ).encode()
+    framed = {"content-type": "application/octet-stream", "inference-header-content-length": str(len(header))}
+    async with serve(tiny_settings(), over="asgi") as (_, c):
+        for body, headers in [
+            (header + b"\x05\x00\x00\x00abc", framed),  # 7 bytes where 10 are declared
+            (header + b"\x09\x00\x00\x00abcdef", framed),  # an element longer than the data
+            (header, {**framed, "inference-header-content-length": str(len(header) + 5)}),
+            (header + bytes(10), {"content-type": "application/json"}),  # no header length: not JSON
+        ]:
+            assert v2_error(await c.post(INFER, content=body, headers=headers)) == 400
