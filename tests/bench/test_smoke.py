@@ -33,3 +33,19 @@ def test_quick_run_writes_results_and_a_plot(tmp_path: Path) -> None:
         assert row["errors"] == 0 and row["requests"] > 0 and row["images_per_s"] > 0
     ours = [r for r in results["end_to_end"] if r["system"] == "vit-serve"]
     assert all(sum(r["batch_size_histogram"].values()) > 0 for r in ours)  # read from its own /metrics
+    assert set(results["summary"]) >= {"reference", "c=1", "c=4"}
+    assert results["summary"]["c=1"]["vs_naive_throughput"] > 0
+
+
+def _run(*args: str) -> str:
+    run = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr[-3000:]
+    return run.stdout
+
+
+def test_thread_and_decode_probes_run() -> None:
+    threads = _run("bench.threads", "--model", "vit_test_tiny", "--passes", "3", "--rounds", "1")
+    assert threads.startswith("round 1: built and run on one thread ") and "×)" in threads
+    decode = _run("bench.decode", "--workers", "2", "--seconds", "0.05")
+    assert [line.split(":")[0] for line in decode.splitlines()] == ["224", "500x375"]
+    assert all("serial" in line and "threads" in line and "processes" in line for line in decode.splitlines())
