@@ -7,8 +7,9 @@ All of an engine's torch work (loading, warm-up, forward passes, and on the CPU 
 runs on one thread of its own, `Engine.thread`. torch's CPU kernels run on libgomp, which gives
 every thread that opens a parallel region its own team of worker threads; once a process has
 more such workers than cores, libgomp stops spin-waiting between regions and each of the ~100
-regions of a forward pass pays a futex wake-up. Measured on the 2-core dev VM (ViT-S/16, batch 1):
-50 ms when the model is built and run on one thread, 67 ms when built on one and run on another.
+regions of a forward pass pays a futex wake-up. `python -m bench.threads` on the 2-core dev VM
+(ViT-S/16, batch 1): 48 ms when the model is built and run on one thread, 60 ms when it is built
+on one and run on another.
 """
 
 from __future__ import annotations
@@ -68,8 +69,8 @@ class Engine:
         preprocess: PreprocessConfig,
         device: torch.device,
         dtype: torch.dtype,
-        compile_model: bool = False,
-        thread: ThreadPoolExecutor | None = None,
+        compile_model: bool,
+        thread: ThreadPoolExecutor,
     ) -> None:
         self.checkpoint = checkpoint
         self.model_id = model_id
@@ -85,7 +86,7 @@ class Engine:
         self._forward = torch.compile(model, dynamic=False) if compile_model else model
         self.buckets: list[int] = []  # the batch sizes warmed up; a compiled model runs only these
         self._lock = threading.Lock()  # one forward pass at a time, whoever calls
-        self.thread = thread or ThreadPoolExecutor(1, thread_name_prefix="vit-torch")
+        self.thread = thread  # the thread it was loaded on: see the module docstring
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:

@@ -121,7 +121,9 @@ async def infer(name: str, request: Request, state: Ready, x_request_timeout: Ti
     outputs, chunks = [], []
     for output in requested:
         rows = [r.probs if output.name == "probabilities" else r.embedding for r in results]
-        stacked = torch.stack(rows).numpy().astype("<f4")  # type: ignore[arg-type]
+        # numpy, not torch: a torch op this large off the engine's thread would start a second
+        # OpenMP team (see service/engine.py)
+        stacked = np.stack([row.numpy() for row in rows]).astype("<f4")  # type: ignore[union-attr]
         entry: dict[str, Any] = {"name": output.name, "datatype": "FP32", "shape": list(stacked.shape)}
         if (output.parameters or {}).get("binary_data", all_binary):
             chunks.append(stacked.tobytes())
