@@ -19,7 +19,7 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from service import oip
+from service import __version__, oip
 from service.batching import Batcher
 from service.engine import Engine
 from service.errors import MethodNotAllowed, NotFound, ServiceError, invalid_parameter
@@ -45,7 +45,7 @@ def create_app(settings: Settings, engine_factory: Callable[[Settings], Engine] 
 
     app = FastAPI(
         title="vit-serve",
-        version="0.1.0",
+        version=__version__,
         summary="Vision Transformer labels and embeddings, micro-batched.",
         lifespan=lifespan,
     )

@@ -70,9 +70,14 @@ async def parse_images(request: Request, max_body: int, max_images: int) -> Pars
         parsed = ParsedInput([body])
     if not parsed.images:
         raise InvalidRequest("the request holds no image")
-    if len(parsed.images) > max_images:
-        raise PayloadTooLarge(f"{len(parsed.images)} images in one request; the limit is {max_images}")
+    check_image_count(len(parsed.images), max_images)
     return parsed
+
+
+def check_image_count(count: int, limit: int) -> None:
+    """413 for more images in one request than VIT_MAX_IMAGES_PER_REQUEST, whatever form they came in."""
+    if count > limit:
+        raise PayloadTooLarge(f"{count} images in one request; the limit is {limit}")
 
 
 class _MultipartCollector:

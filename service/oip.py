@@ -21,12 +21,22 @@ from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from service import schemas
-from service.errors import InvalidRequest, NotFound, PayloadTooLarge, UnsupportedMediaType
-from service.inputs import decode_base64, read_body
-from service.routes import Authorized, Ready, Serving, State, TimeoutHeader, compute, deadline_of, decode_all
+from service import __version__, schemas
+from service.engine import Engine
+from service.errors import InvalidRequest, UnsupportedMediaType
+from service.inputs import check_image_count, decode_base64, read_body
+from service.routes import (
+    Authorized,
+    Ready,
+    Serving,
+    State,
+    TimeoutHeader,
+    compute,
+    deadline_of,
+    decode_all,
+    require_model,
+)
 
-VERSION = "0.1.0"
 INPUTS = {"BYTES": "image", "UINT8": "pixels", "FP32": "pixel_values"}
 
 router = APIRouter(
@@ -59,7 +69,7 @@ class InferRequest(BaseModel):
 
 @router.get("")
 async def server_metadata() -> dict[str, Any]:
-    return {"name": "vit-serve", "version": VERSION, "extensions": ["binary_tensor_data"]}
+    return {"name": "vit-serve", "version": __version__, "extensions": ["binary_tensor_data"]}
 
 
 @router.get("/health/live")
@@ -77,41 +87,48 @@ async def ready(state: State) -> JSONResponse:
 
 @router.get("/models/{name}/ready")
 async def model_ready(name: str, state: State) -> JSONResponse:
-    if state.engine is not None and name != state.engine.model_id:
-        raise NotFound(f"model {name!r} is not served here")
+    if state.engine is not None:
+        require_model(state.engine, name)
     return await ready(state)
 
 
 @router.get("/models/{name}", dependencies=Authorized)
 async def model_metadata(name: str, state: Ready) -> dict[str, Any]:
-    engine = _model(state, name)
-    cfg, size = engine.model.cfg, engine.image_size
-    outputs = [{"name": "embedding", "datatype": "FP32", "shape": [-1, cfg.embed_dim]}]
-    if cfg.num_classes:
-        outputs.insert(0, {"name": "probabilities", "datatype": "FP32", "shape": [-1, cfg.num_classes]})
+    engine = state.engine
+    require_model(engine, name)
+    size = engine.image_size
     return {
         "name": engine.model_id,
         "versions": ["1"],
         "platform": "pytorch",
         "inputs": [
-            {"name": "image", "datatype": "BYTES", "shape": [-1]},
-            {"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, size, size]},
-            {"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, size, size]},
+            {"name": input_name, "datatype": datatype, "shape": [-1] if datatype == "BYTES" else [-1, 3, size, size]}
+            for datatype, input_name in INPUTS.items()
         ],
-        "outputs": outputs,
+        "outputs": _outputs(engine),
     }
+
+
+def _outputs(engine: Engine) -> list[dict[str, Any]]:
+    """The model's output tensors: class probabilities when it has a head, and the embedding."""
+    cfg = engine.model.cfg
+    outputs = [{"name": "embedding", "datatype": "FP32", "shape": [-1, cfg.embed_dim]}]
+    if cfg.num_classes:
+        outputs.insert(0, {"name": "probabilities", "datatype": "FP32", "shape": [-1, cfg.num_classes]})
+    return outputs
 
 
 @router.post("/models/{name}/infer", dependencies=Authorized)
 async def infer(name: str, request: Request, state: Ready, x_request_timeout: TimeoutHeader = None) -> Response:
     """Probabilities and embeddings of a batch of images, computed in the shared batches."""
-    engine = _model(state, name)
+    engine = state.engine
+    require_model(engine, name)
     deadline = deadline_of(state.settings, x_request_timeout)
     body, binary = await _request(request, state)
     if len(body.inputs) != 1:
         raise InvalidRequest(f"expected one input tensor (image, pixels or pixel_values), got {len(body.inputs)}")
     tensor = body.inputs[0]
-    available = ["probabilities", "embedding"] if engine.labels else ["embedding"]
+    available = [output["name"] for output in _outputs(engine)]
     requested = body.outputs or [RequestedOutput(name=n) for n in available]
     if unknown := [o.name for o in requested if o.name not in available]:
         raise InvalidRequest(f"unknown output {unknown[0]!r}; this model has {available}")
@@ -142,12 +159,6 @@ async def infer(name: str, request: Request, state: Ready, x_request_timeout: Ti
         media_type="application/octet-stream",
         headers={"Inference-Header-Content-Length": str(len(header))},
     )
-
-
-def _model(state: Serving, name: str) -> Any:
-    if name != state.engine.model_id:
-        raise NotFound(f"model {name!r} is not served here; this service serves {state.engine.model_id!r}")
-    return state.engine
 
 
 async def _request(request: Request, state: Serving) -> tuple[InferRequest, bytes]:
@@ -223,8 +234,7 @@ async def _images(state: Serving, tensor: InferInput, binary: bytes | None) -> l
     if not tensor.shape or min(tensor.shape) < 1 or values.size != math.prod(tensor.shape):
         raise InvalidRequest(f"input {tensor.name!r}: {values.size} values do not fill shape {tensor.shape}")
     batch = tensor.shape[0]
-    if batch > state.settings.max_images_per_request:
-        raise PayloadTooLarge(f"{batch} images in one request; the limit is {state.settings.max_images_per_request}")
+    check_image_count(batch, state.settings.max_images_per_request)
     if tensor.datatype == "BYTES":
         if values.size != batch:
             raise InvalidRequest("input 'image': one image file per row, shape [B] or [B, 1]")

@@ -130,6 +130,12 @@ class FeatureParams(BaseModel):
     dtype: Literal["float32", "float16"] = "float32"
 
 
+def require_model(engine: Engine, name: str) -> None:
+    """404 unless `name` is the served model's id (OpenAI's `model`, /v2's model path)."""
+    if name != engine.model_id:
+        raise NotFound(f"model {name!r} is not served here; this service serves {engine.model_id!r}")
+
+
 def _merge(model: type[BaseModel], query: dict[str, Any], body: dict[str, Any]) -> Any:
     """Query parameters, overridden by JSON body fields; one 422 naming the first bad one."""
     try:
@@ -266,8 +272,7 @@ async def embeddings(
     params = _merge(OpenAIEmbeddingParams if parsed.openai else EmbeddingParams, query, parsed.params)
     engine = state.engine
     if parsed.openai:
-        if params.model != engine.model_id:
-            raise NotFound(f"model {params.model!r} is not served here; this service serves {engine.model_id!r}")
+        require_model(engine, params.model)
         if params.dimensions is not None and params.dimensions != engine.model.cfg.embed_dim:
             raise InvalidParameter(f"dimensions: this model's embeddings have {engine.model.cfg.embed_dim}")
     results = await compute(request, state, "/v1/embeddings", await decode_all(state, parsed.images), deadline)
@@ -304,9 +309,10 @@ async def features(
     parsed, deadline = await _read(request, state, x_request_timeout)
     _native_form(parsed, "/v1/features")
     params = _merge(FeatureParams, {"layer": layer, "tokens": tokens, "dtype": dtype}, parsed.params)
-    depth = state.engine.model.cfg.depth
-    if not -(depth + 1) <= params.layer <= depth:
-        raise InvalidParameter(f"layer: must be in -{depth + 1} … {depth} for this {depth}-layer model")
+    try:
+        state.engine.model.layer_index(params.layer)  # the model's own bounds: 0 … L, or -(L+1) … -1
+    except ValueError as exc:
+        raise InvalidParameter(str(exc)) from None  # "layer 3 is outside -3..2"
     images = await decode_all(state, parsed.images)
     results = await compute(request, state, "/v1/features", images, deadline, params.layer)
     dtype_code = "<f2" if params.dtype == "float16" else "<f4"
