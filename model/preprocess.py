@@ -1,7 +1,13 @@
-"""Image bytes -> uint8 (3, S, S) tensors, per SPEC §3; normalisation runs later, on the device.
+"""Image bytes -> uint8 pixels, per SPEC §3; normalisation runs later, on the device.
 
-Decoding is limited to an allow-list of formats; the pixel count is read from the header
-before any pixel is decoded, so a decompression bomb costs nothing.
+Decoding is limited to an allow-list of formats, and everything that would make a small file
+cost much is refused from its headers before any pixel is decoded: the pixel count, TIFF tiles
+larger than the pixel budget, JPEGs with more scans than any real encoder writes. What is
+decoded never needs an intermediate larger than the image itself (extreme aspect ratios are
+resized without one), and only the first frame of an animation is ever touched.
+
+`decode_image` needs only Pillow and numpy: the service's decode processes import this module
+without torch, which `load_image` and `normalize` import when called.
 """
 
 from __future__ import annotations
@@ -10,16 +16,27 @@ import io
 import warnings
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
 from PIL import Image, ImageOps
+
+if TYPE_CHECKING:
+    import torch
 
 ResizeMode = Literal["squash", "crop"]
 Interpolation = Literal["bilinear", "bicubic"]
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
+# A progressive JPEG is decoded once per scan over the whole image: libjpeg's own progressions
+# use at most ~10 scans, so more than this is a time bomb (thousands of scans in a few KB).
+MAX_JPEG_SCANS = 64
+# Resizing a very tall image straight to S×S would first widen every one of its rows to S; above
+# this many intermediate pixels, the vertical pass runs first instead (see `resize`).
+_MAX_INTERMEDIATE_PIXELS = 1 << 22
+# High-bit-depth modes are scaled to 8 bits this many values at a time, so the float temporaries
+# stay small whatever the image size.
+_CHUNK = 1 << 20
 
 # Pillow warns, rather than raises, about corrupt TIFF tags and large images; this module decides
 # itself what to refuse (open_image, load_image). Filters set once here, since catch_warnings is
@@ -115,23 +132,35 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
     width, height = image.size
     if width * height > max_pixels:
         raise ImageTooLarge(f"image is {width}×{height} = {width * height} pixels; the limit is {max_pixels}")
+    if image.format == "TIFF":
+        tile = _tiff_tile_pixels(image)
+        if tile > max_pixels:
+            raise ImageTooLarge(f"a TIFF tile of {tile} pixels is over the limit ({max_pixels})")
+    elif image.format == "JPEG" and data.count(b"\xff\xda") > MAX_JPEG_SCANS:  # SOS markers: an upper bound
+        raise ImageError(f"a JPEG with more than {MAX_JPEG_SCANS} scans is refused")
     return image
 
 
+def _tiff_tile_pixels(image: Image.Image) -> int:
+    """The pixels of one TIFF tile (0 for a striped TIFF): libtiff allocates a whole tile at once."""
+    tags = getattr(image, "tag_v2", {})
+    width, length = tags.get(322), tags.get(323)  # TileWidth, TileLength
+    try:
+        return int(width) * int(length) if width is not None and length is not None else 0
+    except (TypeError, ValueError):
+        raise ImageError("TIFF tile size tags are malformed") from None
+
+
 def to_rgb(image: Image.Image) -> Image.Image:
-    """EXIF orientation applied, then RGB whatever the mode (alpha composited on white)."""
-    if getattr(image, "n_frames", 1) > 1:
-        image.seek(0)  # animated GIF/WebP/TIFF: the first frame
+    """EXIF orientation applied, then RGB whatever the mode (alpha composited on white).
+
+    An animation is opened on its first frame and stays there: counting or walking its frames
+    would decode them all (thousands, in a small GIF or TIFF).
+    """
     image = ImageOps.exif_transpose(image)
     mode = image.mode
-    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
-        array = np.asarray(image, dtype=np.int64 if mode == "I" else np.uint16)
-        peak = 65535.0 if mode != "I" or array.max() > 255 else 255.0
-        image = Image.fromarray((array.clip(0, peak) * (255 / peak) + 0.5).astype(np.uint8), mode="L")
-    elif mode == "F":
-        floats = np.nan_to_num(np.asarray(image, dtype=np.float32), nan=0.0)
-        peak = 1.0 if floats.max() <= 1.0 else 255.0
-        image = Image.fromarray((floats.clip(0, peak) * (255 / peak) + 0.5).astype(np.uint8), mode="L")
+    if mode in ("I;16", "I;16B", "I;16L", "I;16N", "I", "F"):
+        image = _to_8bit(image)
     if mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     if image.mode in ("RGBA", "LA", "PA", "RGBa", "La"):
@@ -141,38 +170,94 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """16-bit, 32-bit integer and float greyscale -> 8-bit "L", scaled by the range in use
+    (65535, or 255 for 32-bit values that fit in a byte; 1.0 or 255 for floats, NaN as 0).
+    Converted a chunk at a time, so that memory stays near the image's own size."""
+    array = np.asarray(image)
+    flat = array.reshape(-1)
+    is_float = array.dtype.kind == "f"
+
+    def values(start: int) -> np.ndarray:
+        chunk = flat[start : start + _CHUNK]
+        return np.nan_to_num(chunk, nan=0.0) if is_float else chunk
+
+    starts = range(0, flat.size, _CHUNK)
+    top = max((float(values(i).max()) for i in starts), default=0.0)
+    wide = array.dtype.itemsize == 2 or top > 255  # 16-bit, or 32-bit values past a byte
+    peak = (1.0 if top <= 1.0 else 255.0) if is_float else (65535.0 if wide else 255.0)
+    out = np.empty(flat.size, dtype=np.uint8)
+    for i in starts:
+        out[i : i + _CHUNK] = (values(i).clip(0, peak) * (255 / peak) + 0.5).astype(np.uint8)
+    return Image.fromarray(out.reshape(array.shape))
+
+
 def resize(image: Image.Image, size: int, cfg: PreprocessConfig) -> Image.Image:
-    """`squash` to S×S, or `crop`: shorter side to S / crop_pct then the centre S×S."""
+    """`squash` to S×S, or `crop`: shorter side to S / crop_pct then the centre S×S.
+
+    Both follow the reference transforms (PIL's resize, then the crop) exactly, unless their
+    intermediate image would be larger than the source and `_MAX_INTERMEDIATE_PIXELS`: a
+    1×1,000,000 image would be scaled to some 248×248,000,000 before its crop. Then the crop
+    resamples only the source region under the S×S window (Pillow's `box`, with the same
+    scale: equal up to ±1 rounding), and a tall squash runs its vertical pass first.
+    """
     resample = _RESAMPLE[cfg.interpolation]
-    if cfg.resize_mode == "squash":
-        return image if image.size == (size, size) else image.resize((size, size), resample)
-    scale_to = int(size / cfg.crop_pct)  # timm's floor, so crop_pct=1 means no resampling at S
     width, height = image.size
+    if cfg.resize_mode == "squash":
+        if image.size == (size, size):
+            return image
+        if size * height > max(width * height, _MAX_INTERMEDIATE_PIXELS):  # tall and narrow: vertical first
+            image = image.resize((width, size), resample)
+        return image.resize((size, size), resample)
+    scale_to = int(size / cfg.crop_pct)  # timm's floor, so crop_pct=1 means no resampling at S
     if width <= height:
         new_w, new_h = scale_to, max(size, round(height * scale_to / width))
     else:
         new_w, new_h = max(size, round(width * scale_to / height)), scale_to
+    left, top = round((new_w - size) / 2), round((new_h - size) / 2)
+    if new_w * new_h > max(width * height, _MAX_INTERMEDIATE_PIXELS):
+        return crop_box_resize(image, size, (new_w, new_h), (left, top), resample)
     if (new_w, new_h) != image.size:
         image = image.resize((new_w, new_h), resample)
-    left, top = round((new_w - size) / 2), round((new_h - size) / 2)
     return image.crop((left, top, left + size, top + size))
 
 
-def load_image(data: bytes, size: int, cfg: PreprocessConfig, max_pixels: int = 40_000_000) -> torch.Tensor:
-    """Decode, orient, convert and resize one image: uint8 (3, size, size)."""
+def crop_box_resize(
+    image: Image.Image, size: int, scaled: tuple[int, int], offset: tuple[int, int], resample: Image.Resampling
+) -> Image.Image:
+    """The S×S crop at `offset` of `image` resized to `scaled`, resampling only the region under it."""
+    sx, sy = image.width / scaled[0], image.height / scaled[1]  # source pixels per scaled pixel
+    left, top = offset
+    return image.resize((size, size), resample, box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+
+
+def decode_image(data: bytes, size: int, cfg: PreprocessConfig, max_pixels: int = 40_000_000) -> np.ndarray:
+    """Decode, orient, convert and resize one image: uint8 (size, size, 3), C-contiguous."""
     image = open_image(data, max_pixels)
     try:
         image = resize(to_rgb(image), size, cfg)
-        array = np.asarray(image, dtype=np.uint8)
+        return np.array(image, dtype=np.uint8)  # a copy of its own: writable, C-contiguous
+    except MemoryError:
+        raise ImageTooLarge("decoding this image needs more memory than allowed") from None
     except Exception as exc:  # any decoder failure on untrusted bytes means a bad image
         raise ImageError(f"image data is corrupt or truncated ({type(exc).__name__})") from exc
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def load_image(data: bytes, size: int, cfg: PreprocessConfig, max_pixels: int = 40_000_000) -> torch.Tensor:
+    """`decode_image` as a uint8 (3, size, size) tensor."""
+    import torch  # on use: see the module docstring
+
+    return torch.from_numpy(decode_image(data, size, cfg, max_pixels)).permute(2, 0, 1)
 
 
 def normalize(
-    batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype = torch.float32
+    batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype | None = None
 ) -> torch.Tensor:
-    """uint8 (B, 3, S, S) on any device -> (x/255 - mean) / std in `dtype`, computed in float32."""
+    """uint8 (B, 3, S, S) on any device -> (x/255 - mean) / std in `dtype` (default float32),
+    computed in float32."""
+    import torch  # on use: see the module docstring
+
+    dtype = dtype or torch.float32
     m = torch.tensor(mean, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1)
     return ((batch.float() / 255 - m) / s).to(dtype)

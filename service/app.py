@@ -9,7 +9,6 @@ import logging.config
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
-from concurrent.futures import ThreadPoolExecutor
 from contextlib import asynccontextmanager
 from typing import Any, cast
 
@@ -21,8 +20,9 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from service import __version__, oip
 from service.batching import Batcher
+from service.decoding import DecodePool
 from service.engine import Engine
-from service.errors import MethodNotAllowed, NotFound, ServiceError, invalid_parameter
+from service.errors import MethodNotAllowed, NotFound, NotReady, ServiceError, invalid_parameter
 from service.routes import router
 from service.settings import Settings
 from service.state import ServiceState
@@ -63,7 +63,18 @@ async def _start(state: ServiceState, engine_factory: Callable[[Settings], Engin
         engine = await asyncio.to_thread(engine_factory, state.settings)
         state.engine = engine
         await asyncio.to_thread(engine.warmup, state.max_batch_size)
-        state.decode_pool = ThreadPoolExecutor(state.settings.threads, thread_name_prefix="vit-decode")
+        settings = state.settings
+        pool = DecodePool(
+            settings.decoders,
+            engine.image_size,
+            engine.preprocess,
+            settings.max_image_pixels,
+            settings.decode_timeout_s,
+            settings.decode_memory_bytes,
+            observe=state.metrics.preprocess_duration.observe,
+        )
+        state.decode_pool = pool
+        await pool.start()
         batcher = Batcher(
             engine.stage,
             engine.forward,
@@ -103,12 +114,12 @@ async def drain(state: ServiceState) -> None:
 
 
 async def _stop(state: ServiceState, loader: asyncio.Task[None]) -> None:
-    """Stop loading if still loading, drain, and release the decoding threads."""
+    """Stop loading if still loading, drain, and end the decode processes."""
     loader.cancel()
     await asyncio.gather(loader, return_exceptions=True)
     await drain(state)
     if state.decode_pool is not None:
-        state.decode_pool.shutdown(wait=False, cancel_futures=True)
+        state.decode_pool.close()
 
 
 def error_response(error: ServiceError, path: str) -> JSONResponse:
@@ -164,7 +175,7 @@ class RequestContext:
         incoming = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
         rid = incoming if 0 < len(incoming) <= 64 and incoming.isprintable() else uuid.uuid4().hex
         token = request_id.set(rid)
-        status = 500
+        status = 0  # no response started yet
 
         async def send_with_id(message: Message) -> None:
             nonlocal status
@@ -175,10 +186,19 @@ class RequestContext:
 
         try:
             await self.app(scope, receive, send_with_id)
+        except asyncio.CancelledError:
+            # The server cancels what is still unanswered when it stops (a body still arriving, at
+            # the end of the drain): that is one more request turned away, so it gets 503 like them.
+            task = asyncio.current_task()
+            if status or task is None:
+                raise
+            task.uncancel()
+            await error_response(NotReady("the service is shutting down"), scope["path"])(scope, receive, send_with_id)
         finally:
             route = scope.get("route")  # set by routing: its template, e.g. /v2/models/{name}/infer
             endpoint = route.path if route is not None else "other"
             elapsed = time.perf_counter() - start
+            status = status or 500  # the app raised before answering; the server answers 500
             self.metrics.requests.labels(endpoint=endpoint, status=str(status)).inc()
             self.metrics.request_duration.labels(endpoint=endpoint).observe(elapsed)
             log.info("%s %s %d %.1fms", scope["method"], scope["path"], status, elapsed * 1000)

@@ -32,6 +32,12 @@ class Unauthorized(ServiceError):
         super().__init__("a valid API key is required", {"WWW-Authenticate": "Bearer"})
 
 
+class RequestTimeout(ServiceError):
+    """The request (its head, or its body) did not arrive in time."""
+
+    status, type, reason = 408, "request_timeout", "request_timeout"
+
+
 class PayloadTooLarge(ServiceError):
     status, type, reason = 413, "payload_too_large", "too_large"
 
@@ -84,5 +90,6 @@ def invalid_parameter(errors: Sequence[Mapping[str, Any]]) -> InvalidParameter:
     """pydantic's validation errors (of query, header or body parameters) as one 422 naming the first."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid parameter"}
     where = ".".join(str(p) for p in first["loc"] if p not in ("query", "body", "header"))
-    message = str(first["msg"])
+    where = where[:100]  # it may hold a client's (unknown) key
+    message = str(first["msg"]).removeprefix("Value error, ")
     return InvalidParameter(f"{where}: {message}" if where else message)

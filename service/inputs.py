@@ -1,15 +1,19 @@
 """Request bodies -> image bytes and parameters (SPEC §4's three input forms), within limits.
 
-The body is read as a stream and refused with 413 as soon as it passes the limit, so an
-oversized upload is never held in memory whole.
+The body is read as a stream, within the request's deadline, and refused with 413 as soon as
+it passes the limit, so an oversized upload is never held in memory whole. Counts are checked
+before any per-element work: a JSON body's values before it is parsed, multipart parts as they
+are parsed.
 """
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
 import re
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,7 +21,8 @@ from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
-from service.errors import ClientDisconnected, InvalidRequest, PayloadTooLarge, UnsupportedMediaType
+from service.errors import ClientDisconnected, InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
+from service.params import parse_count
 
 RAW_IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff", "application/octet-stream"}
@@ -32,25 +37,76 @@ class ParsedInput:
     openai: bool = False  # the images came as OpenAI's embeddings `input`
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The whole body, or PayloadTooLarge as soon as it (or its Content-Length) passes `limit`."""
-    declared = request.headers.get("content-length")
-    if declared is not None and declared.isdigit() and int(declared) > limit:
+async def read_body(request: Request, limit: int, deadline: float) -> bytes:
+    """The whole body, or PayloadTooLarge as soon as it (or its Content-Length) passes `limit`,
+    or RequestTimeout if it has not all arrived by `deadline` (monotonic): a client sending
+    slowly holds a connection, never the service's time."""
+    declared = parse_count(request.headers.get("content-length", ""))
+    if declared is not None and declared > limit:
         raise PayloadTooLarge(f"the body is {declared} bytes; the limit is {limit}")
     chunks: list[bytes] = []
     size = 0
     try:
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > limit:
-                raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
-            chunks.append(chunk)
+        async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+            async for chunk in request.stream():
+                size += len(chunk)
+                if size > limit:
+                    raise PayloadTooLarge(f"the body is over the limit of {limit} bytes")
+                chunks.append(chunk)
     except ClientDisconnect:
         raise ClientDisconnected("the client closed the connection while sending its body") from None
+    except TimeoutError:
+        raise RequestTimeout("the body did not arrive within the request's deadline") from None
     return b"".join(chunks)
 
 
-async def parse_images(request: Request, max_body: int, max_images: int) -> ParsedInput:
+def load_json(body: bytes, max_values: int) -> Any:
+    """A JSON body as Python objects, refused (4xx) where it would be costly or unsafe to hold:
+    more than `max_values` values (413; counted as separators before parsing, an over-count at C
+    speed), invalid UTF-8, nesting deeper than the parser's recursion limit, NaN or Infinity, and
+    lone UTF-16 surrogates, which no response or log line could carry as Unicode."""
+    values = body.count(b",") + body.count(b"[") + body.count(b"{")
+    if values > max_values:
+        raise PayloadTooLarge(f"the JSON body holds over {max_values} values (VIT_MAX_JSON_VALUES)")
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise InvalidRequest("the body is not valid UTF-8") from None
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise InvalidRequest("the JSON body is nested too deeply") from None
+    except ValueError as exc:  # JSONDecodeError, NaN and Infinity
+        raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
+    if _SURROGATE_ESCAPE.search(body) and _has_lone_surrogate(data):
+        raise InvalidRequest("the JSON body holds a lone UTF-16 surrogate (\\ud800-\\udfff), which is not text")
+    return data
+
+
+_SURROGATE_ESCAPE = re.compile(rb"\\u[dD][89a-fA-F]")
+
+
+def _has_lone_surrogate(data: Any) -> bool:
+    """Whether any string (key or value) holds a surrogate that was not part of a pair."""
+    stack = [data]
+    while stack:
+        item = stack.pop()
+        if isinstance(item, dict):
+            stack.extend(item)
+            stack.extend(item.values())
+        elif isinstance(item, list):
+            stack.extend(item)
+        elif isinstance(item, str):
+            try:
+                item.encode("utf-8")
+            except UnicodeEncodeError:
+                return True
+    return False
+
+
+async def parse_images(
+    request: Request, max_body: int, max_images: int, max_json_values: int, deadline: float
+) -> ParsedInput:
     """Read and split the body by its Content-Type."""
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
@@ -59,13 +115,13 @@ async def parse_images(request: Request, max_body: int, max_images: int) -> Pars
         raise UnsupportedMediaType(
             f"Content-Type {shown} is not accepted; send an image type, multipart/form-data or application/json"
         )
-    body = await read_body(request, max_body)
+    body = await read_body(request, max_body, deadline)
     if not body:
         raise InvalidRequest("the request body is empty")
     if media_type == "multipart/form-data":
         parsed = _multipart(content_type, body, max_images)
     elif media_type == "application/json":
-        parsed = _json(body)
+        parsed = _json(load_json(body, max_json_values), max_images)
     else:
         parsed = ParsedInput([body])
     if not parsed.images:
@@ -146,18 +202,17 @@ def _multipart(content_type: str, body: bytes, max_images: int) -> ParsedInput:
     return ParsedInput(collector.images)
 
 
-def _json(body: bytes) -> ParsedInput:
-    try:
-        data = json.loads(body, parse_constant=_reject_constant)
-    except (json.JSONDecodeError, UnicodeDecodeError, ValueError) as exc:
-        raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
+def _json(data: Any, max_images: int) -> ParsedInput:
     if not isinstance(data, dict):
         raise InvalidRequest('expected a JSON object: {"images": ["<base64>", ...]}')
     key = "input" if "input" in data and "images" not in data else "images"
     images = data.get(key)
     if key == "input" and isinstance(images, str):
         images = [images]  # OpenAI's `input` may be one string
-    if not isinstance(images, list) or not all(isinstance(x, str) for x in images):
+    if not isinstance(images, list):
+        raise InvalidRequest(f'"{key}" must be a list of base64 strings or data URLs')
+    check_image_count(len(images), max_images)  # before any per-image work
+    if not all(isinstance(x, str) for x in images):
         raise InvalidRequest(f'"{key}" must be a list of base64 strings or data URLs')
     params = {k: v for k, v in data.items() if k != key}
     return ParsedInput([decode_base64(x, i, key) for i, x in enumerate(images)], params, openai=key == "input")

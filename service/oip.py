@@ -24,7 +24,8 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from service import __version__, schemas
 from service.engine import Engine
 from service.errors import InvalidRequest, UnsupportedMediaType
-from service.inputs import check_image_count, decode_base64, read_body
+from service.inputs import check_image_count, decode_base64, load_json, read_body
+from service.params import parse_count
 from service.routes import (
     Authorized,
     Ready,
@@ -33,7 +34,6 @@ from service.routes import (
     TimeoutHeader,
     compute,
     deadline_of,
-    decode_all,
     require_model,
 )
 
@@ -46,7 +46,11 @@ router = APIRouter(
 )
 
 
+_STRICT = ConfigDict(strict=True)  # shapes are JSON integers, flags JSON booleans: see service/params.py
+
+
 class InferInput(BaseModel):
+    model_config = _STRICT
     name: str
     shape: list[int]
     datatype: Literal["BYTES", "UINT8", "FP32"]
@@ -55,12 +59,13 @@ class InferInput(BaseModel):
 
 
 class RequestedOutput(BaseModel):
+    model_config = _STRICT
     name: str
     parameters: dict[str, Any] | None = None
 
 
 class InferRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", strict=True)
     id: str | None = None
     parameters: dict[str, Any] | None = None
     inputs: list[InferInput]
@@ -124,16 +129,19 @@ async def infer(name: str, request: Request, state: Ready, x_request_timeout: Ti
     engine = state.engine
     require_model(engine, name)
     deadline = deadline_of(state.settings, x_request_timeout)
-    body, binary = await _request(request, state)
+    body, binary = await _request(request, state, deadline)
     if len(body.inputs) != 1:
         raise InvalidRequest(f"expected one input tensor (image, pixels or pixel_values), got {len(body.inputs)}")
     tensor = body.inputs[0]
     available = [output["name"] for output in _outputs(engine)]
     requested = body.outputs or [RequestedOutput(name=n) for n in available]
-    if unknown := [o.name for o in requested if o.name not in available]:
-        raise InvalidRequest(f"unknown output {unknown[0]!r}; this model has {available}")
-    all_binary = bool((body.parameters or {}).get("binary_data_output", False))
-    images = await _images(state, tensor, _input_bytes(tensor, binary))
+    names = [o.name for o in requested]
+    if unknown := [n for n in names if n not in available]:
+        raise InvalidRequest(f"unknown output {unknown[0][:100]!r}; this model has {available}")
+    if len(set(names)) < len(names):
+        raise InvalidRequest("an output is requested more than once")
+    all_binary = _flag(body.parameters, "binary_data_output")
+    images = _images(state, tensor, _input_bytes(tensor, binary))
     results = await compute(request, state, "/v2/models/{name}/infer", images, deadline)
     outputs, chunks = [], []
     for output in requested:
@@ -142,7 +150,7 @@ async def infer(name: str, request: Request, state: Ready, x_request_timeout: Ti
         # OpenMP team (see service/engine.py)
         stacked = np.stack([row.numpy() for row in rows]).astype("<f4")  # type: ignore[union-attr]
         entry: dict[str, Any] = {"name": output.name, "datatype": "FP32", "shape": list(stacked.shape)}
-        if (output.parameters or {}).get("binary_data", all_binary):
+        if _flag(output.parameters, "binary_data", all_binary):
             chunks.append(stacked.tobytes())
             entry["parameters"] = {"binary_data_size": len(chunks[-1])}
         else:
@@ -161,31 +169,41 @@ async def infer(name: str, request: Request, state: Ready, x_request_timeout: Ti
     )
 
 
-async def _request(request: Request, state: Serving) -> tuple[InferRequest, bytes]:
+async def _request(request: Request, state: Serving, deadline: float) -> tuple[InferRequest, bytes]:
     """The JSON inference request, and the binary tensor data after it (empty without)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     header_length = request.headers.get("inference-header-content-length")
     if media_type not in ("application/json", "application/octet-stream", ""):
-        raise UnsupportedMediaType(f"Content-Type {media_type} is not accepted; send application/json")
-    raw = await read_body(request, state.settings.max_body_bytes)
+        raise UnsupportedMediaType(f"Content-Type {media_type[:100]} is not accepted; send application/json")
+    raw = await read_body(request, state.settings.max_body_bytes, deadline)
     split = len(raw)
     if header_length is not None:
-        if not header_length.isdigit() or not 0 < int(header_length) <= len(raw):
+        length = parse_count(header_length)
+        if length is None or not 0 < length <= len(raw):
             raise InvalidRequest("Inference-Header-Content-Length must be the JSON header's length in bytes")
-        split = int(header_length)
+        split = length
+    data = load_json(raw[:split], state.settings.max_json_values)
     try:
-        return InferRequest.model_validate(json.loads(raw[:split])), raw[split:]
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise InvalidRequest(f"the body is not valid JSON ({exc})") from None
+        return InferRequest.model_validate(data), raw[split:]
     except ValidationError as exc:
         first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])
+        where = ".".join(str(p) for p in first["loc"])[:100]
         raise InvalidRequest(f"invalid inference request: {where}: {first['msg']}") from None
+
+
+def _flag(parameters: dict[str, Any] | None, name: str, default: bool = False) -> bool:
+    """A boolean request parameter: JSON true or false, nothing else."""
+    value = (parameters or {}).get(name, default)
+    if not isinstance(value, bool):
+        raise InvalidRequest(f"parameter {name} must be true or false")
+    return value
 
 
 def _input_bytes(tensor: InferInput, binary: bytes) -> bytes | None:
     """The tensor's binary data (the one input's, so all of it), or None when it came as JSON."""
     size = (tensor.parameters or {}).get("binary_data_size")
+    if size is not None and (isinstance(size, bool) or not isinstance(size, int)):
+        raise InvalidRequest(f"input {tensor.name!r}: binary_data_size must be an integer")
     if size is None:
         if binary:
             raise InvalidRequest("binary data follows the JSON header, but no input declares binary_data_size")
@@ -197,27 +215,56 @@ def _input_bytes(tensor: InferInput, binary: bytes) -> bytes | None:
     return binary
 
 
-def _values(tensor: InferInput, binary: bytes | None) -> np.ndarray:
-    """The tensor's elements, flat: from JSON (flat or nested lists) or from binary data."""
+def _shape_batch(state: Serving, tensor: InferInput) -> int:
+    """The batch size, once the shape is one this input can have: checked before any value is
+    read, so that a huge shape or count costs nothing."""
+    shape, shown = tensor.shape, str(tensor.shape)[:100]
+    if not shape or min(shape) < 1:
+        raise InvalidRequest(f"input {tensor.name!r}: shape {shown} holds no values")
+    batch = shape[0]
+    check_image_count(batch, state.settings.max_images_per_request)
+    if tensor.datatype == "BYTES":
+        if shape not in ([batch], [batch, 1]):
+            raise InvalidRequest("input 'image': one image file per row, shape [B] or [B, 1]")
+        return batch
+    size = state.engine.image_size
+    if shape != [batch, 3, size, size]:
+        raise InvalidRequest(f"input {tensor.name!r}: shape must be [B, 3, {size}, {size}], not {shown}")
+    return batch
+
+
+def _values(tensor: InferInput, binary: bytes | None, count: int) -> np.ndarray:
+    """The tensor's `count` elements, flat: from JSON (flat or nested lists) or from binary data."""
     if binary is None:
         try:
-            return np.asarray(tensor.data, dtype=object if tensor.datatype == "BYTES" else None).ravel()
-        except ValueError:
+            values = np.asarray(tensor.data, dtype=object if tensor.datatype == "BYTES" else None).ravel()
+        except (ValueError, RecursionError):
             raise InvalidRequest(f"input {tensor.name!r}: data is not a regular (nested) list") from None
-    if tensor.datatype == "UINT8":
-        return np.frombuffer(binary, dtype=np.uint8)
-    if tensor.datatype == "FP32":
+    elif tensor.datatype == "UINT8":
+        values = np.frombuffer(binary, dtype=np.uint8)
+    elif tensor.datatype == "FP32":
         if len(binary) % 4:
             raise InvalidRequest(f"input {tensor.name!r}: FP32 binary data is not a whole number of values")
-        return np.frombuffer(binary, dtype="<f4")
-    elements, offset = [], 0  # BYTES: each element is a 4-byte little-endian length, then the bytes
-    while offset < len(binary):
+        values = np.frombuffer(binary, dtype="<f4")
+    else:
+        values = _bytes_elements(tensor.name, binary, count)
+    if values.size != count:
+        raise InvalidRequest(f"input {tensor.name!r}: {values.size} values do not fill shape {str(tensor.shape)[:100]}")
+    return values
+
+
+def _bytes_elements(name: str, binary: bytes, count: int) -> np.ndarray:
+    """Binary BYTES data: each element a 4-byte little-endian length, then its bytes. Reading stops
+    past `count` elements, so millions of empty ones cost no more than the shape allows."""
+    elements: list[bytes] = []
+    offset = 0
+    while offset < len(binary) and len(elements) <= count:
         if offset + 4 > len(binary):
-            raise InvalidRequest(f"input {tensor.name!r}: truncated BYTES element length")
+            raise InvalidRequest(f"input {name!r}: truncated BYTES element length")
         length = int.from_bytes(binary[offset : offset + 4], "little")
         offset += 4
         if offset + length > len(binary):
-            raise InvalidRequest(f"input {tensor.name!r}: a BYTES element runs past the data")
+            raise InvalidRequest(f"input {name!r}: a BYTES element runs past the data")
         elements.append(binary[offset : offset + length])
         offset += length
     values = np.empty(len(elements), dtype=object)
@@ -225,33 +272,38 @@ def _values(tensor: InferInput, binary: bytes | None) -> np.ndarray:
     return values
 
 
-async def _images(state: Serving, tensor: InferInput, binary: bytes | None) -> list[torch.Tensor]:
-    """The input tensor as one (3, S, S) tensor per image: decoded files, pixels or normalised values."""
+def pixel_value_range(engine: Engine) -> tuple[float, float]:
+    """The FP32 values accepted as normalised pixels: the range 0 … 255 normalises to, widened by
+    its own width on each side (other statistics fit; unnormalised 0 … 255, or 3e38, do not)."""
+    mean, std = np.array(engine.preprocess.mean), np.array(engine.preprocess.std)
+    low, high = float(((0 - mean) / std).min()), float(((1 - mean) / std).max())
+    width = high - low
+    return low - width, high + width
+
+
+def _images(state: Serving, tensor: InferInput, binary: bytes | None) -> list[bytes | torch.Tensor]:
+    """The input tensor as one image per row: encoded files (decoded later), pixels or normalised values."""
     expected = INPUTS[tensor.datatype]
     if tensor.name != expected:
-        raise InvalidRequest(f"a {tensor.datatype} input must be named {expected!r}, not {tensor.name!r}")
-    values = _values(tensor, binary)
-    if not tensor.shape or min(tensor.shape) < 1 or values.size != math.prod(tensor.shape):
-        raise InvalidRequest(f"input {tensor.name!r}: {values.size} values do not fill shape {tensor.shape}")
-    batch = tensor.shape[0]
-    check_image_count(batch, state.settings.max_images_per_request)
+        raise InvalidRequest(f"a {tensor.datatype} input must be named {expected!r}, not {tensor.name[:100]!r}")
+    batch = _shape_batch(state, tensor)
+    values = _values(tensor, binary, math.prod(tensor.shape))
     if tensor.datatype == "BYTES":
-        if values.size != batch:
-            raise InvalidRequest("input 'image': one image file per row, shape [B] or [B, 1]")
         if binary is not None:  # the raw files
-            return await decode_all(state, list(values))
+            return list(values)
         if not all(isinstance(v, str) for v in values):
             raise InvalidRequest("input 'image': JSON data holds one base64 string (or data URL) per image")
-        return await decode_all(state, [decode_base64(v, i, "image") for i, v in enumerate(values)])
-    size = state.engine.image_size
-    if tensor.shape != [batch, 3, size, size]:
-        raise InvalidRequest(f"input {tensor.name!r}: shape must be [B, 3, {size}, {size}], not {tensor.shape}")
+        return [decode_base64(v, i, "image") for i, v in enumerate(values)]
     if tensor.datatype == "UINT8":
         if values.dtype.kind not in "iu" or values.min() < 0 or values.max() > 255:
             raise InvalidRequest(f"input {tensor.name!r}: UINT8 data must be integers in 0 … 255")
         array = values.astype(np.uint8)
     else:
-        if values.dtype.kind not in "iuf" or not np.isfinite(values).all():
-            raise InvalidRequest(f"input {tensor.name!r}: FP32 data must be finite numbers")
-        array = values.astype(np.float32)
-    return list(torch.from_numpy(array.reshape(tensor.shape)).unbind(0))
+        low, high = pixel_value_range(state.engine)
+        with np.errstate(over="ignore"):  # 1e39 becomes inf here, refused just below
+            array = values.astype(np.float32) if values.dtype.kind in "iuf" else values
+        if array.dtype != np.float32 or not (np.isfinite(array).all() and low <= array.min() and array.max() <= high):
+            raise InvalidRequest(
+                f"input {tensor.name!r}: FP32 data must be finite normalised pixels, within [{low:.3g}, {high:.3g}]"
+            )
+    return list(torch.from_numpy(array.reshape(batch, *tensor.shape[1:])).unbind(0))

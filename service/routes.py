@@ -5,24 +5,22 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import functools
 import hmac
 import time
-from collections.abc import AsyncIterator
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any
 
 import numpy as np
 import torch
 from fastapi import APIRouter, Depends, Header, Query, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, create_model
 
-from model.preprocess import ImageError, ImageTooLarge, UnsupportedImageFormat, load_image
+from model.preprocess import ImageTooLarge, UnsupportedImageFormat
 from service import schemas
 from service.batching import Batcher, ItemResult
+from service.decoding import DecodeFailed, DecodePool
 from service.engine import Engine
 from service.errors import (
     ClientDisconnected,
@@ -33,17 +31,27 @@ from service.errors import (
     NotFound,
     NotReady,
     PayloadTooLarge,
+    ServiceError,
     Unauthorized,
     UnsupportedMediaType,
-    invalid_parameter,
 )
 from service.inputs import ParsedInput, parse_images
 from service.metrics import Metrics
+from service.params import (
+    EmbeddingParams,
+    FeatureParams,
+    HeaderSeconds,
+    OpenAIEmbeddingParams,
+    QueryBool,
+    QueryInt,
+    classify_params,
+    merge,
+)
 from service.settings import Settings
 from service.state import ServiceState
 
 ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)
+    code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 408, 413, 415, 422, 500, 503, 504)
 }
 
 router = APIRouter()
@@ -77,7 +85,7 @@ class Serving:
     metrics: Metrics
     engine: Engine
     batcher: Batcher
-    decode_pool: ThreadPoolExecutor
+    decode_pool: DecodePool
     max_batch_size: int
 
 
@@ -99,49 +107,10 @@ Ready = Annotated[Serving, Depends(require_ready)]
 Authorized = [Depends(require_api_key)]
 
 
-@functools.cache
-def _classify_params(num_classes: int) -> type[BaseModel]:
-    """top_k bounded by this model's number of classes (built once per head size)."""
-    return create_model(
-        "ClassifyParams",
-        __config__=ConfigDict(extra="forbid"),
-        top_k=(int, Field(min(5, num_classes), ge=1, le=num_classes)),
-    )
-
-
-class EmbeddingParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    normalize: bool = False
-    encoding_format: Literal["float", "base64"] = "float"
-
-
-class OpenAIEmbeddingParams(EmbeddingParams):
-    """The fields of OpenAI's embeddings request besides `input` (`user` is accepted, unused)."""
-
-    model: str
-    dimensions: int | None = None
-    user: str | None = None
-
-
-class FeatureParams(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    layer: int = -1
-    tokens: Literal["all", "patch"] = "all"
-    dtype: Literal["float32", "float16"] = "float32"
-
-
 def require_model(engine: Engine, name: str) -> None:
     """404 unless `name` is the served model's id (OpenAI's `model`, /v2's model path)."""
     if name != engine.model_id:
         raise NotFound(f"model {name!r} is not served here; this service serves {engine.model_id!r}")
-
-
-def _merge(model: type[BaseModel], query: dict[str, Any], body: dict[str, Any]) -> Any:
-    """Query parameters, overridden by JSON body fields; one 422 naming the first bad one."""
-    try:
-        return model.model_validate({**{k: v for k, v in query.items() if v is not None}, **body})
-    except ValidationError as exc:
-        raise invalid_parameter(exc.errors()) from None
 
 
 def deadline_of(settings: Settings, timeout_header: float | None) -> float:
@@ -157,7 +126,10 @@ def deadline_of(settings: Settings, timeout_header: float | None) -> float:
 async def _read(request: Request, state: Serving, timeout_header: float | None) -> tuple[ParsedInput, float]:
     """The deadline, then the body's images and parameters (checked before anything is decoded)."""
     deadline = deadline_of(state.settings, timeout_header)
-    parsed = await parse_images(request, state.settings.max_body_bytes, state.settings.max_images_per_request)
+    settings = state.settings
+    parsed = await parse_images(
+        request, settings.max_body_bytes, settings.max_images_per_request, settings.max_json_values, deadline
+    )
     return parsed, deadline
 
 
@@ -165,24 +137,35 @@ async def compute(
     request: Request,
     state: Serving,
     endpoint: str,
-    images: list[torch.Tensor],
+    images: Sequence[bytes | torch.Tensor],
     deadline: float,
     layer: int | None = None,
 ) -> list[ItemResult]:
-    """Queue images for the shared batches and wait; a client that leaves takes its images out."""
-    submit = asyncio.ensure_future(state.batcher.submit(images, deadline, layer))
+    """Decode the images given as bytes, queue them all for the shared batches, and wait. A
+    client that leaves abandons its request: images not yet decoded are never decoded, queued
+    ones never computed."""
+    work = asyncio.ensure_future(_decode_and_submit(state, images, deadline, layer))
     gone = asyncio.ensure_future(_client_gone(request))
     try:
-        await asyncio.wait({submit, gone}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
         gone.cancel()
-    if not submit.done():  # the client left: its queued images are dropped, never computed
-        submit.cancel()
-        await asyncio.gather(submit, return_exceptions=True)
+    if not work.done():
+        work.cancel()
+        await asyncio.gather(work, return_exceptions=True)
         raise ClientDisconnected("the client closed the connection")
-    results = submit.result()
+    results = work.result()
     state.metrics.images.labels(endpoint=endpoint).inc(len(results))
     return results
+
+
+async def _decode_and_submit(
+    state: Serving, images: Sequence[bytes | torch.Tensor], deadline: float, layer: int | None
+) -> list[ItemResult]:
+    encoded = [image for image in images if isinstance(image, bytes)]
+    decoded = iter(await decode_all(state, encoded) if encoded else [])
+    tensors = [next(decoded) if isinstance(image, bytes) else image for image in images]
+    return await state.batcher.submit(tensors, deadline, layer)
 
 
 async def _client_gone(request: Request) -> None:
@@ -192,25 +175,18 @@ async def _client_gone(request: Request) -> None:
 
 
 async def decode_all(state: Serving, images: list[bytes]) -> list[torch.Tensor]:
-    """Decode every image off the event loop; the first bad one names its index."""
-    return list(await asyncio.gather(*(_decode(state, data, i) for i, data in enumerate(images))))
-
-
-async def _decode(state: Serving, data: bytes, index: int) -> torch.Tensor:
-    engine, settings = state.engine, state.settings
-    start = time.perf_counter()
+    """Decode a request's images in the decode processes: uint8 (3, S, S) each. The first bad
+    one fails the request, naming its index."""
     try:
-        tensor = await asyncio.get_running_loop().run_in_executor(
-            state.decode_pool, load_image, data, engine.image_size, engine.preprocess, settings.max_image_pixels
-        )
-    except ImageTooLarge as exc:
-        raise PayloadTooLarge(f"image {index}: {exc}") from None
-    except UnsupportedImageFormat as exc:
-        raise UnsupportedMediaType(f"image {index}: {exc}") from None
-    except ImageError as exc:
-        raise InvalidImage(f"image {index}: {exc}") from None
-    state.metrics.preprocess_duration.observe(time.perf_counter() - start)
-    return tensor
+        arrays = await state.decode_pool.decode_all(images)
+    except DecodeFailed as failure:
+        error: type[ServiceError] = InvalidImage
+        if isinstance(failure.error, ImageTooLarge):
+            error = PayloadTooLarge
+        elif isinstance(failure.error, UnsupportedImageFormat):
+            error = UnsupportedMediaType
+        raise error(str(failure)) from None
+    return [torch.from_numpy(array).permute(2, 0, 1) for array in arrays]
 
 
 def _native_form(parsed: ParsedInput, endpoint: str) -> None:
@@ -218,7 +194,9 @@ def _native_form(parsed: ParsedInput, endpoint: str) -> None:
         raise InvalidRequest(f'"input" is the OpenAI embeddings form, for /v1/embeddings; {endpoint} takes "images"')
 
 
-TimeoutHeader = Annotated[float | None, Header(alias="X-Request-Timeout", description="seconds; only shortens")]
+TimeoutHeader = Annotated[
+    HeaderSeconds | None, Header(alias="X-Request-Timeout", description="seconds (ASCII decimal); only shortens")
+]
 # what the image routes declare: their error responses, the three body forms, API keys
 IMAGE_ROUTE: dict[str, Any] = {"responses": ERRORS, "openapi_extra": schemas.IMAGE_BODY, "dependencies": Authorized}
 EMBEDDINGS_ROUTE = IMAGE_ROUTE | {"openapi_extra": schemas.EMBEDDINGS_BODY}
@@ -228,7 +206,7 @@ EMBEDDINGS_ROUTE = IMAGE_ROUTE | {"openapi_extra": schemas.EMBEDDINGS_BODY}
 async def classify(
     request: Request,
     state: Ready,
-    top_k: Annotated[int | None, Query(ge=1, description="predictions per image (1 … classes, default 5)")] = None,
+    top_k: Annotated[QueryInt | None, Query(ge=1, description="predictions per image (1 … classes, default 5)")] = None,
     x_request_timeout: TimeoutHeader = None,
 ) -> JSONResponse:
     """Top-k labels for each image."""
@@ -237,8 +215,8 @@ async def classify(
         raise InvalidParameter("this model has no classification head; use /v1/embeddings")
     parsed, deadline = await _read(request, state, x_request_timeout)
     _native_form(parsed, "/v1/classify")
-    k = _merge(_classify_params(len(labels)), {"top_k": top_k}, parsed.params).top_k
-    results = await compute(request, state, "/v1/classify", await decode_all(state, parsed.images), deadline)
+    k = merge(classify_params(len(labels)), {"top_k": top_k}, parsed.params).top_k
+    results = await compute(request, state, "/v1/classify", parsed.images, deadline)
     out = []
     for result in results:
         if result.probs is None:  # labels exist only for a model with a head
@@ -261,7 +239,7 @@ async def classify(
 async def embeddings(
     request: Request,
     state: Ready,
-    normalize: Annotated[bool | None, Query(description="return y / ‖y‖₂ (default false)")] = None,
+    normalize: Annotated[QueryBool | None, Query(description="return y / ‖y‖₂: true or false (default)")] = None,
     encoding_format: Annotated[str | None, Query(description="float (default) or base64")] = None,
     x_request_timeout: TimeoutHeader = None,
 ) -> JSONResponse:
@@ -269,13 +247,13 @@ async def embeddings(
     embeddings request) gets OpenAI's response shape."""
     parsed, deadline = await _read(request, state, x_request_timeout)
     query = {"normalize": normalize, "encoding_format": encoding_format}
-    params = _merge(OpenAIEmbeddingParams if parsed.openai else EmbeddingParams, query, parsed.params)
+    params = merge(OpenAIEmbeddingParams if parsed.openai else EmbeddingParams, query, parsed.params)
     engine = state.engine
     if parsed.openai:
         require_model(engine, params.model)
         if params.dimensions is not None and params.dimensions != engine.model.cfg.embed_dim:
             raise InvalidParameter(f"dimensions: this model's embeddings have {engine.model.cfg.embed_dim}")
-    results = await compute(request, state, "/v1/embeddings", await decode_all(state, parsed.images), deadline)
+    results = await compute(request, state, "/v1/embeddings", parsed.images, deadline)
     vectors = []
     for result in results:
         y = result.embedding.numpy()
@@ -300,7 +278,7 @@ async def embeddings(
 async def features(
     request: Request,
     state: Ready,
-    layer: Annotated[int | None, Query(description="hidden state z_l: 0 … L, or from the end (-1 = z_L)")] = None,
+    layer: Annotated[QueryInt | None, Query(description="hidden state z_l: 0 … L, or from the end (-1 = z_L)")] = None,
     tokens: Annotated[str | None, Query(description="all (default: [class] and patches) or patch")] = None,
     dtype: Annotated[str | None, Query(description="float32 (default) or float16")] = None,
     x_request_timeout: TimeoutHeader = None,
@@ -308,13 +286,12 @@ async def features(
     """One layer's hidden states for each image, as LLaVA-style vision-language models read them."""
     parsed, deadline = await _read(request, state, x_request_timeout)
     _native_form(parsed, "/v1/features")
-    params = _merge(FeatureParams, {"layer": layer, "tokens": tokens, "dtype": dtype}, parsed.params)
+    params = merge(FeatureParams, {"layer": layer, "tokens": tokens, "dtype": dtype}, parsed.params)
     try:
         state.engine.model.layer_index(params.layer)  # the model's own bounds: 0 … L, or -(L+1) … -1
     except ValueError as exc:
         raise InvalidParameter(str(exc)) from None  # "layer 3 is outside -3..2"
-    images = await decode_all(state, parsed.images)
-    results = await compute(request, state, "/v1/features", images, deadline, params.layer)
+    results = await compute(request, state, "/v1/features", parsed.images, deadline, params.layer)
     dtype_code = "<f2" if params.dtype == "float16" else "<f4"
     data = []
     for i, result in enumerate(results):

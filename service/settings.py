@@ -2,20 +2,29 @@
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
+from dotenv import dotenv_values
 from pydantic import Field, ValidationError, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 BUILTIN_MODEL = "vit-mnist"
 MiB = 1 << 20
+PREFIX = "VIT_"
+
+
+class UnknownSetting(ValueError):
+    """A VIT_* variable (environment or .env) that names no setting: a typo, or a setting of
+    another version. Refused, since a server that ignored it would not do what was asked."""
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="VIT_", env_file=".env", extra="ignore", frozen=True)
+    model_config = SettingsConfigDict(env_prefix=PREFIX, env_file=".env", extra="ignore", frozen=True)
 
     model: str = Field(BUILTIN_MODEL, description="built-in model id or preset name")
     checkpoint: Path | None = Field(None, description="weights: HF directory, timm file, .npz, or vit-serve directory")
@@ -33,7 +42,24 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * MiB, ge=1024)
     max_images_per_request: int = Field(64, ge=1, le=4096)
     max_image_pixels: int = Field(40_000_000, ge=1, le=178_956_970)  # Pillow's own bomb limit is above
-    decode_threads: int | None = Field(None, ge=1, le=256, description="image decoding threads (default: cores)")
+    decode_processes: int | None = Field(
+        None, ge=1, le=256, description="image decoding processes (default: cores, at least 2)"
+    )
+    decode_timeout_s: float = Field(5.0, gt=0, le=600, description="one image's decode; its process is killed after")
+    decode_memory_bytes: int = Field(
+        1024 * MiB, ge=64 * MiB, description="address space one decode process may add to its start-up size"
+    )
+    max_json_values: int = Field(
+        1_000_000, ge=1024, description="values in one JSON body (counted before parsing): bounds its memory"
+    )
+    max_header_bytes: int = Field(32 * 1024, ge=1024, le=1 << 24, description="request line and headers, in bytes")
+    max_headers: int = Field(100, ge=8, le=10_000, description="header fields in one request")
+    header_timeout_s: float = Field(
+        10.0, gt=0, le=600, description="from connecting (or the previous response) to a complete request head"
+    )
+    max_connections: int = Field(
+        2048, ge=1, description="open connections; past it, only health probes are answered (others 503)"
+    )
     api_keys: Annotated[list[str], NoDecode] = Field(default_factory=list, description="comma-separated bearer keys")
     # A container's server must listen on all interfaces; set VIT_HOST=127.0.0.1 on a shared host.
     host: str = "0.0.0.0"  # nosec B104
@@ -44,6 +70,12 @@ class Settings(BaseSettings):
     interpolation: Literal["bilinear", "bicubic"] | None = None
     mean: Annotated[tuple[float, float, float] | None, NoDecode] = None
     std: Annotated[tuple[float, float, float] | None, NoDecode] = None
+
+    def __init__(self, **values: Any) -> None:
+        env_file = values.get("_env_file", ".env")
+        dotenv = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+        check_known({**dotenv, **os.environ})
+        super().__init__(**values)
 
     @field_validator("api_keys", mode="before")
     @classmethod
@@ -93,8 +125,20 @@ class Settings(BaseSettings):
         return self
 
     @property
-    def threads(self) -> int:
-        return self.decode_threads or max(1, os.cpu_count() or 1)
+    def decoders(self) -> int:
+        """Decode processes: one a core, and at least two, so that one request can never hold them all."""
+        return self.decode_processes or max(2, os.cpu_count() or 1)
+
+
+def check_known(variables: Mapping[str, str | None]) -> None:
+    """UnknownSetting for the first VIT_* variable that is not a setting, with the closest one."""
+    known = [PREFIX + name.upper() for name in Settings.model_fields]
+    for name in sorted(variables):
+        upper = name.upper()
+        if upper.startswith(PREFIX) and upper not in known:
+            close = difflib.get_close_matches(upper, known, n=1)
+            hint = f"; did you mean {close[0]}?" if close else ""
+            raise UnknownSetting(f"unknown setting {name}{hint}")
 
 
 def describe_error(error: ValidationError) -> str:

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Literal
 
 from service.batching import Batcher
+from service.decoding import DecodePool
 from service.engine import Engine
 from service.metrics import Metrics
 from service.settings import Settings
@@ -21,7 +21,7 @@ class ServiceState:
     status: Status = "loading"
     engine: Engine | None = None
     batcher: Batcher | None = None
-    decode_pool: ThreadPoolExecutor | None = None
+    decode_pool: DecodePool | None = None
     admitted: int = 0  # requests past the readiness check and not yet answered
 
     @property

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 from service.app import create_app
 from service.batching import BatchOutput
 from service.engine import Engine
+from service.server import server_config
 from service.settings import Settings
 
 
@@ -98,7 +99,7 @@ def live_server(
 ) -> Iterator[tuple[str, FastAPI]]:
     """uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL once started (and ready)."""
     app = create_app(settings, engine_factory)
-    config = uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning", access_log=False)
+    config = server_config(app, settings, host="127.0.0.1", port=0, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()

@@ -1,0 +1,270 @@
+"""Image decoding in worker processes, every decode bounded in time and memory.
+
+Decoding is the one step whose cost a client controls, and a thread cannot be stopped: a few
+KB can be crafted to take seconds in a decoder, and Pillow's RLE BMP decoder runs in Python,
+holding the GIL. So images are decoded in `VIT_DECODE_PROCESSES` processes of their own
+(`python -m service.decoding`: Pillow and numpy, no torch). A decode that passes
+`VIT_DECODE_TIMEOUT_S` has its process killed and replaced; each process runs under an
+address-space limit of `VIT_DECODE_MEMORY_BYTES` above its own start-up size, so a memory
+bomb fails its own decode (MemoryError, then 413) instead of the host.
+
+Bytes go to a process through a pipe and pixels come back the same way, framed by
+`multiprocessing.connection`; the event loop reads results as they arrive (`add_reader`, on a
+non-blocking pipe), so no thread is spent waiting. Waiting decodes are served in arrival order, and one request holds
+at most all but one process, so a request full of time bombs leaves a process for everyone else.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import resource
+import subprocess  # starts our own decode module, with no shell: nosec B404
+import sys
+import time
+from collections.abc import Callable, Sequence
+from multiprocessing.connection import Connection
+
+import numpy as np
+
+from model.preprocess import ImageError, ImageTooLarge, PreprocessConfig, UnsupportedImageFormat, decode_image
+
+log = logging.getLogger(__name__)
+
+_READY, _PIXELS, _TOO_LARGE, _FORMAT, _INVALID = b"R", b"P", b"L", b"F", b"E"
+_ERRORS: dict[bytes, type[ImageError]] = {_TOO_LARGE: ImageTooLarge, _FORMAT: UnsupportedImageFormat}
+_SEND_IN_THREAD = 1 << 20  # larger bodies are written to the pipe off the event loop
+
+
+class DecodeFailed(Exception):
+    """Image `index` of a request could not be decoded; `error` says why."""
+
+    def __init__(self, index: int, error: ImageError) -> None:
+        super().__init__(f"image {index}: {error}")
+        self.index, self.error = index, error
+
+
+class DecodePool:
+    """`await decode_all(images)` -> one uint8 (S, S, 3) array per image, decoded in processes."""
+
+    def __init__(
+        self,
+        processes: int,
+        image_size: int,
+        preprocess: PreprocessConfig,
+        max_pixels: int,
+        timeout_s: float,
+        memory_bytes: int,
+        observe: Callable[[float], object] = lambda seconds: None,
+    ) -> None:
+        """`observe` gets the seconds each successful decode took, from dispatch to pixels."""
+        self.processes, self.timeout_s, self._observe = processes, timeout_s, observe
+        self.per_request = max(1, processes - 1)
+        self.shape = (image_size, image_size, 3)
+        self._config = json.dumps(
+            {"size": image_size, "preprocess": preprocess.to_dict(), "max_pixels": max_pixels, "memory": memory_bytes}
+        )
+        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._workers: set[_Worker] = set()
+        self._closed = False
+
+    async def start(self, timeout_s: float = 120.0) -> None:
+        """Start every process and wait until each has imported what it needs."""
+        for _ in range(self.processes):
+            self._spawn()
+        async with asyncio.timeout(timeout_s):
+            while self._idle.qsize() < self.processes:
+                await asyncio.sleep(0.01)
+                if any(w.process.poll() is not None for w in self._workers):
+                    raise RuntimeError("a decode process exited at start-up")
+
+    def close(self) -> None:
+        """Kill every process: a decode still running is cut short (its request is answered)."""
+        self._closed = True
+        for worker in list(self._workers):
+            worker.kill(ImageError("the service is shutting down"))
+
+    async def decode_all(self, images: Sequence[bytes]) -> list[np.ndarray]:
+        """Decode a request's images, at most `per_request` at a time; the first failure (as
+        DecodeFailed) abandons the rest: images not yet started are never decoded."""
+        slots = asyncio.Semaphore(self.per_request)
+
+        async def one(index: int, data: bytes) -> np.ndarray:
+            async with slots:
+                try:
+                    return await self.decode(data)
+                except ImageError as exc:
+                    raise DecodeFailed(index, exc) from None
+
+        tasks = [asyncio.ensure_future(one(i, data)) for i, data in enumerate(images)]
+        try:
+            await asyncio.wait(tasks, return_when=asyncio.FIRST_EXCEPTION)
+            failed = [t for t in tasks if t.done() and not t.cancelled() and t.exception() is not None]
+            if failed:
+                raise failed[0].exception()  # type: ignore[misc]
+            return [t.result() for t in tasks]
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def decode(self, data: bytes) -> np.ndarray:
+        """One image; ImageError (or a subclass) if it is bad, too large or too slow to decode.
+        Cancelling this leaves a started decode to finish (or time out) on its own."""
+        worker = await self._idle.get()
+        while not worker.alive:  # died while idle (killed from outside): already replaced
+            worker = await self._idle.get()
+        start = time.perf_counter()
+        job = await worker.run(data, self.timeout_s)
+        message = await asyncio.shield(job)
+        status = bytes(message[:1])
+        if status != _PIXELS:
+            raise _ERRORS.get(status, ImageError)(message[1:].decode("utf-8", "replace"))
+        self._observe(time.perf_counter() - start)
+        return np.frombuffer(message, dtype=np.uint8, offset=1).reshape(self.shape)
+
+    def _spawn(self) -> None:
+        if not self._closed:
+            self._workers.add(_Worker(self))
+
+    def _ready(self, worker: _Worker) -> None:
+        self._idle.put_nowait(worker)
+
+    def _gone(self, worker: _Worker) -> None:
+        self._workers.discard(worker)
+        self._spawn()
+
+
+class _Worker:
+    """One decode process and the parent's ends of its two pipes."""
+
+    def __init__(self, pool: DecodePool) -> None:
+        self.pool = pool
+        self.loop = asyncio.get_running_loop()
+        job_read, job_write = os.pipe()
+        result_read, result_write = os.pipe()
+        self.process = subprocess.Popen(  # this interpreter, our own module, fixed arguments: nosec B603
+            [sys.executable, "-m", "service.decoding", str(job_read), str(result_write), pool._config],
+            pass_fds=(job_read, result_write),
+            stdin=subprocess.DEVNULL,
+        )
+        with contextlib.suppress(OSError):  # one write for a whole answer (Linux; up to pipe-max-size)
+            fcntl.fcntl(result_write, fcntl.F_SETPIPE_SZ, 4 + 1 + 3 * pool.shape[0] * pool.shape[1])
+        os.close(job_read)
+        os.close(result_write)
+        self.jobs = Connection(job_write, readable=False)
+        self.results = result_read
+        self.inbox = bytearray()  # what has arrived of the process's next messages
+        self.alive = True
+        self.job: asyncio.Future[bytearray] | None = None
+        self.timer: asyncio.TimerHandle | None = None
+        os.set_blocking(result_read, False)
+        self.loop.add_reader(result_read, self._on_readable)
+
+    async def run(self, data: bytes, timeout_s: float) -> asyncio.Future[bytearray]:
+        """Send one image; the returned future gets the process's answer. The clock starts
+        first, so that nothing (not even a cancelled send) leaves the process unbounded."""
+        job = self.job = self.loop.create_future()
+        job.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if abandoned
+        self.timer = self.loop.call_later(
+            timeout_s, self.kill, ImageTooLarge(f"decoding took longer than the limit ({timeout_s:g} s)")
+        )
+        try:
+            if len(data) > _SEND_IN_THREAD:
+                await self.loop.run_in_executor(None, self.jobs.send_bytes, data)
+            else:
+                self.jobs.send_bytes(data)
+        except OSError:
+            self.kill(ImageError("the decoder failed on this image"))
+        return job
+
+    def _on_readable(self) -> None:
+        """Read what has arrived (the pipe is non-blocking) and act on each complete message,
+        framed as multiprocessing.connection frames them: a 4-byte big-endian length first."""
+        try:
+            chunk = os.read(self.results, 1 << 18)
+        except BlockingIOError:
+            return
+        except OSError:
+            chunk = b""
+        if not chunk:  # the process died: a decoder crash, or the kernel's OOM killer
+            self.kill(ImageError("the decoder failed on this image"))
+            return
+        self.inbox += chunk
+        while len(self.inbox) >= 4:
+            size = int.from_bytes(self.inbox[:4], "big")
+            if len(self.inbox) < 4 + size:
+                return
+            message = self.inbox[4 : 4 + size]
+            del self.inbox[: 4 + size]
+            self._on_message(message)
+
+    def _on_message(self, message: bytearray) -> None:
+        if message[:1] == _READY:
+            self.pool._ready(self)
+            return
+        if self.timer is not None:
+            self.timer.cancel()
+        job, self.job = self.job, None
+        if job is not None and not job.done():
+            job.set_result(message)
+        self.pool._ready(self)
+
+    def kill(self, error: ImageError) -> None:
+        """End the process (its current decode gets `error`) and start a replacement."""
+        if not self.alive:
+            return
+        self.alive = False
+        if self.timer is not None:
+            self.timer.cancel()
+        self.loop.remove_reader(self.results)
+        self.process.kill()
+        self.process.wait()  # killed: returns at once, and leaves no zombie
+        self.jobs.close()
+        os.close(self.results)
+        if self.job is not None and not self.job.done():
+            self.job.set_exception(error)
+        self.pool._gone(self)
+
+
+def _serve(job_fd: int, result_fd: int, config: str) -> None:
+    """The decode process: answer each image with its pixels or the reason it is refused."""
+    settings = json.loads(config)
+    size, max_pixels = settings["size"], settings["max_pixels"]
+    preprocess = PreprocessConfig.from_dict(settings["preprocess"])
+    jobs, results = Connection(job_fd, writable=False), Connection(result_fd, readable=False)
+    page = os.sysconf("SC_PAGE_SIZE")
+    with open("/proc/self/statm") as f:
+        start_size = int(f.read().split()[0]) * page
+    _, hard = resource.getrlimit(resource.RLIMIT_AS)
+    limit = start_size + settings["memory"]
+    resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    results.send_bytes(_READY)
+    while True:
+        try:
+            data = jobs.recv_bytes()
+        except EOFError:
+            return  # the service closed the pipe
+        try:
+            pixels = decode_image(data, size, preprocess, max_pixels)
+        except ImageTooLarge as exc:
+            results.send_bytes(_TOO_LARGE + str(exc).encode())
+        except UnsupportedImageFormat as exc:
+            results.send_bytes(_FORMAT + str(exc).encode())
+        except ImageError as exc:
+            results.send_bytes(_INVALID + str(exc).encode())
+        except MemoryError:
+            results.send_bytes(_TOO_LARGE + b"decoding this image needs more memory than allowed")
+        else:
+            results.send_bytes(_PIXELS + pixels.tobytes())
+
+
+if __name__ == "__main__":
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the service ends us
+    _serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])

@@ -1,0 +1,152 @@
+"""The HTTP server: uvicorn's configuration, and its httptools protocol hardened for a public endpoint.
+
+uvicorn accepts request heads of any size, times out neither a connection that never sends a
+request nor one that sends its head a byte at a time, and answers malformed requests in plain
+text. `protocol(settings)` adds what nginx does by default: a bound on the request head (its
+bytes and its header count: 431), a deadline for each request head (`VIT_HEADER_TIMEOUT_S`,
+from connecting or from the previous response: idle and slowloris connections are closed), a
+cap on open connections past which only health probes are served (`VIT_MAX_CONNECTIONS`:
+others get 503 and the connection closes), and JSON bodies for every error it emits itself.
+`raise_fd_limit` lifts the soft file-descriptor limit, so that a flood of connections meets the
+cap rather than the process's 1,024 descriptors, and the kubelet's probes still get through.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import resource
+from http import HTTPStatus
+from typing import Any
+
+import httptools
+import uvicorn
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+PROBES = frozenset({b"/healthz", b"/readyz", b"/v2/health/live", b"/v2/health/ready"})
+_PAST_CAPACITY_HEAD_TIMEOUT_S = 1.0  # a probe sends its request at once
+_RESERVE = 64  # connections past the cap that may still carry a probe; beyond, closed at once
+
+
+def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
+    """uvicorn's configuration for `app` with the service's protocol; `options` pass through."""
+    return uvicorn.Config(app, http=protocol(settings), timeout_graceful_shutdown=1, **options)
+
+
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one; returns the limit now in force."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def protocol(settings: Settings) -> type[HttpToolsProtocol]:
+    """The protocol class for these settings (uvicorn instantiates it per connection)."""
+    return type("BoundedHttpProtocol", (BoundedHttpProtocol,), {"settings": settings})
+
+
+class BoundedHttpProtocol(HttpToolsProtocol):
+    settings: Settings
+
+    def connection_made(self, transport: Any) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self.head_timer: asyncio.TimerHandle | None = None
+        self.head_pending, self.head_bytes, self.header_count = True, 0, 0
+        self.refusal: tuple[int, str, str] | None = None
+        self.past_capacity = len(self.connections) > self.settings.max_connections
+        if len(self.connections) > self.settings.max_connections + _RESERVE:
+            transport.abort()
+            return
+        self._arm_head_timer()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._cancel_head_timer()
+        super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        """Feed the parser; while a head is incomplete, no more than the head limit at a time,
+        so that an oversized head is refused without being held."""
+        limit = self.settings.max_header_bytes
+        while self.head_pending and data and not self.transport.is_closing():
+            piece, data = data[: limit - self.head_bytes + 1], data[limit - self.head_bytes + 1 :]
+            self.head_bytes += len(piece)
+            super().data_received(piece)
+            if self.head_pending and self.head_bytes > limit and not self.transport.is_closing():
+                self._refuse(431, "request_header_fields_too_large", f"the request head is over {limit} bytes")
+                return
+        if data and not self.transport.is_closing():
+            super().data_received(data)
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self.header_count += 1
+        if self.header_count > self.settings.max_headers:
+            self.refusal = (431, "request_header_fields_too_large", f"over {self.settings.max_headers} header fields")
+            raise ValueError("too many headers")  # stops the parser: see send_400_response
+        super().on_header(name, value)
+
+    def on_headers_complete(self) -> None:
+        self.head_pending = False
+        self._cancel_head_timer()
+        if self.past_capacity and httptools.parse_url(self.url).path not in PROBES:
+            self.refusal = (503, "overloaded", "too many open connections; retry shortly")
+            raise ValueError("past capacity")
+        super().on_headers_complete()
+
+    def on_message_complete(self) -> None:
+        super().on_message_complete()
+        self.head_pending, self.head_bytes, self.header_count = True, 0, 0  # what follows is the next head
+        if self.cycle is not None and self.cycle.response_complete:  # answered before its body was read
+            self._arm_head_timer()
+
+    def on_response_complete(self) -> None:
+        super().on_response_complete()
+        if self.head_pending and not self.transport.is_closing():  # the next head's clock starts now
+            self._arm_head_timer()
+
+    def send_400_response(self, msg: str) -> None:
+        """Where uvicorn answers a request it cannot parse (or one refused above): JSON, then close."""
+        status, kind, message = self.refusal or (400, "invalid_request", "malformed HTTP request")
+        self._respond(status, kind, message)
+
+    def _refuse(self, status: int, kind: str, message: str) -> None:
+        log.warning("refused a connection's request head: %s", message)
+        self._respond(status, kind, message)
+
+    def _respond(self, status: int, kind: str, message: str) -> None:
+        body = json.dumps({"error": {"type": kind, "message": message}}).encode()
+        head = [
+            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
+            "content-type: application/json",
+            f"content-length: {len(body)}",
+            "connection: close",
+        ]
+        if status == 503:
+            head.append("retry-after: 1")
+        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+        self.transport.close()
+
+    def _arm_head_timer(self) -> None:
+        self._cancel_head_timer()
+        seconds = _PAST_CAPACITY_HEAD_TIMEOUT_S if self.past_capacity else self.settings.header_timeout_s
+        self.head_timer = self.loop.call_later(seconds, self._head_timeout)
+
+    def _cancel_head_timer(self) -> None:
+        if self.head_timer is not None:
+            self.head_timer.cancel()
+            self.head_timer = None
+
+    def _head_timeout(self) -> None:
+        """No complete request head in time: answer 408 if part of one came, else just close."""
+        self.head_timer = None
+        if self.transport.is_closing() or not self.head_pending:
+            return
+        if self.head_bytes:
+            self._respond(408, "request_timeout", "the request head did not arrive in time")
+        else:
+            self.transport.close()
