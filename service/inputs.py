@@ -14,8 +14,9 @@ import binascii
 import json
 import re
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from python_multipart.exceptions import MultipartParseError
 from python_multipart.multipart import MultipartParser, parse_options_header
@@ -23,6 +24,8 @@ from starlette.requests import ClientDisconnect, Request
 
 from service.errors import ClientDisconnected, InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from service.params import parse_count
+
+T = TypeVar("T")
 
 RAW_IMAGE_TYPES = frozenset(
     {"image/jpeg", "image/png", "image/webp", "image/gif", "image/bmp", "image/tiff", "application/octet-stream"}
@@ -58,6 +61,16 @@ async def read_body(request: Request, limit: int, deadline: float) -> bytes:
     except TimeoutError:
         raise RequestTimeout("the body did not arrive within the request's deadline") from None
     return b"".join(chunks)
+
+
+_PARSE_IN_THREAD = 1 << 20
+
+
+async def parse_off_loop(parse: Callable[[], T], size: int) -> T:
+    """`parse()` of a body of `size` bytes: inline when small, on a thread when large, so that a
+    JSON body near VIT_MAX_JSON_VALUES (a quarter second of parsing and validation on a slow
+    core) leaves the event loop answering everyone else."""
+    return parse() if size <= _PARSE_IN_THREAD else await asyncio.to_thread(parse)
 
 
 def load_json(body: bytes, max_values: int) -> Any:
@@ -121,7 +134,7 @@ async def parse_images(
     if media_type == "multipart/form-data":
         parsed = _multipart(content_type, body, max_images)
     elif media_type == "application/json":
-        parsed = _json(load_json(body, max_json_values), max_images)
+        parsed = await parse_off_loop(lambda: _json(load_json(body, max_json_values), max_images), len(body))
     else:
         parsed = ParsedInput([body])
     if not parsed.images:

@@ -19,12 +19,12 @@ import numpy as np
 import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__, schemas
 from service.engine import Engine
 from service.errors import InvalidRequest, UnsupportedMediaType
-from service.inputs import check_image_count, decode_base64, load_json, read_body
+from service.inputs import check_image_count, decode_base64, load_json, parse_off_loop, read_body
 from service.params import parse_count
 from service.routes import (
     Authorized,
@@ -52,7 +52,7 @@ _STRICT = ConfigDict(strict=True)  # shapes are JSON integers, flags JSON boolea
 class InferInput(BaseModel):
     model_config = _STRICT
     name: str
-    shape: list[int]
+    shape: list[int] = Field(max_length=8)  # lists are bounded where pydantic stops at the bound
     datatype: Literal["BYTES", "UINT8", "FP32"]
     parameters: dict[str, Any] | None = None
     data: list[Any] | None = None  # absent when the tensor is sent as binary data
@@ -68,8 +68,8 @@ class InferRequest(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
     id: str | None = None
     parameters: dict[str, Any] | None = None
-    inputs: list[InferInput]
-    outputs: list[RequestedOutput] | None = None
+    inputs: list[InferInput] = Field(max_length=16)
+    outputs: list[RequestedOutput] | None = Field(None, max_length=8)
 
 
 @router.get("")
@@ -182,9 +182,13 @@ async def _request(request: Request, state: Serving, deadline: float) -> tuple[I
         if length is None or not 0 < length <= len(raw):
             raise InvalidRequest("Inference-Header-Content-Length must be the JSON header's length in bytes")
         split = length
-    data = load_json(raw[:split], state.settings.max_json_values)
+    header = raw[:split]
+    return await parse_off_loop(lambda: _infer_request(header, state.settings.max_json_values), split), raw[split:]
+
+
+def _infer_request(header: bytes, max_values: int) -> InferRequest:
     try:
-        return InferRequest.model_validate(data), raw[split:]
+        return InferRequest.model_validate(load_json(header, max_values))
     except ValidationError as exc:
         first = exc.errors()[0]
         where = ".".join(str(p) for p in first["loc"])[:100]

@@ -50,7 +50,7 @@ class Settings(BaseSettings):
         1024 * MiB, ge=64 * MiB, description="address space one decode process may add to its start-up size"
     )
     max_json_values: int = Field(
-        1_000_000, ge=1024, description="values in one JSON body (counted before parsing): bounds its memory"
+        262_144, ge=1024, description="values in one JSON body, counted before parsing: bounds its time and memory"
     )
     max_header_bytes: int = Field(32 * 1024, ge=1024, le=1 << 24, description="request line and headers, in bytes")
     max_headers: int = Field(100, ge=8, le=10_000, description="header fields in one request")

@@ -1,0 +1,65 @@
+"""Hostile payloads: small files and bodies that would cost a naive server seconds or gigabytes."""
+
+from __future__ import annotations
+
+import io
+import struct
+
+import numpy as np
+import tifffile
+from PIL import Image
+
+from tests.images import encode, gradient
+
+
+def progressive_jpeg_with_scans(scans: int, size: int = 2000) -> bytes:
+    """A progressive JPEG whose last scan is repeated: each repeat is decoded over the whole image
+    (libjpeg only warns about the bogus progression), so a few KB cost seconds."""
+    data = encode(Image.new("RGB", (size, size), (90, 30, 200)), "JPEG", progressive=True, quality=50)
+    last = data.rindex(b"\xff\xda")
+    return data[:last] + data[last:-2] * scans + b"\xff\xd9"
+
+
+def rle8_bmp(width: int, height: int) -> bytes:
+    """An RLE8-compressed BMP of one-pixel runs: Pillow decodes RLE in Python, holding the GIL."""
+    rows = (b"\x01\x07" * width + b"\x00\x00") * height + b"\x00\x01"  # runs of 1, end of line, end of bitmap
+    palette = b"".join(struct.pack("<BBBB", i, i, i, 0) for i in range(256))
+    offset = 14 + 40 + len(palette)
+    info = struct.pack("<IiiHHIIiiII", 40, width, height, 1, 8, 1, len(rows), 2835, 2835, 256, 0)
+    header = struct.pack("<2sIHHI", b"BM", offset + len(rows), 0, 0, offset)
+    return header + info + palette + rows
+
+
+def tiff_with_tile(tile: int) -> bytes:
+    """A 16×16 TIFF whose tile tags claim tile×tile pixels: libtiff would allocate a whole tile."""
+    buffer = io.BytesIO()
+    tifffile.imwrite(buffer, np.zeros((16, 16), np.uint8), tile=(16, 16))
+    data = bytearray(buffer.getvalue())
+    ifd = struct.unpack_from("<I", data, 4)[0]
+    for i in range(struct.unpack_from("<H", data, ifd)[0]):
+        at = ifd + 2 + 12 * i
+        tag = struct.unpack_from("<H", data, at)[0]
+        if tag in (322, 323):  # TileWidth, TileLength: rewritten as LONGs
+            struct.pack_into("<HHII", data, at, tag, 4, 1, tile)
+    return bytes(data)
+
+
+def png(image: Image.Image) -> bytes:
+    return encode(image, "PNG", optimize=False, compress_level=9)
+
+
+def tall_png(height: int) -> bytes:
+    """1 pixel wide, `height` tall: a crop scales it to some 248 × 248·height first."""
+    return png(Image.new("RGB", (1, height), (10, 200, 10)))
+
+
+def gif_with_frames(n: int, size: int = 64) -> bytes:
+    """An animation of n different frames: counting or walking them decodes every one."""
+    frames = [Image.new("L", (size, size), 0) for _ in range(n)]
+    for i, frame in enumerate(frames):
+        frame.putpixel((i % size, (i // size) % size), 255)
+    return encode(frames[0], "GIF", save_all=True, append_images=frames[1:])
+
+
+def small_png() -> bytes:
+    return encode(gradient(24, 24), "PNG")

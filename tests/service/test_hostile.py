@@ -1,0 +1,440 @@
+"""Hostile clients, against a real `vit-serve` process: every attack gets its 4xx JSON error (or a
+correct 200) in bounded time, while a canary client notices nothing (/healthz within 1 s, a small
+classify request within its usual latency plus a little), the memory of the server's processes
+stays within its bound above idle, and the server is ready and correct afterwards."""
+
+from __future__ import annotations
+
+import base64
+import functools
+import json
+import os
+import statistics
+import threading
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import httpx
+import numpy as np
+import pytest
+from PIL import Image
+
+from tests.service import bombs
+from tests.service.conftest import free_port, start_server, wait_ready
+
+MiB = 1 << 20
+DECODE_MEMORY = 256 * MiB
+ENV = {
+    "VIT_MODEL": "vit_test_tiny",
+    "VIT_RESIZE_MODE": "crop",  # the mode whose intermediate an extreme aspect ratio used to blow up
+    "VIT_DECODE_PROCESSES": "2",
+    "VIT_DECODE_TIMEOUT_S": "0.5",
+    "VIT_DECODE_MEMORY_BYTES": str(DECODE_MEMORY),
+    "VIT_LOG_LEVEL": "warning",
+}
+# What one hostile request may add to the server's memory: one busy decode process at its limit
+# (a request holds all processes but one), plus the body and its parsed form in the server.
+MAX_BODY = 20 * MiB
+MEMORY_BOUND = DECODE_MEMORY + 8 * MAX_BODY
+CANARY_SLACK_S = 0.5
+PNG = bombs.small_png()
+
+
+@dataclass
+class Server:
+    url: str
+    pid: int
+    canary_s: float  # the small classify request's usual latency (median when idle)
+    idle_rss: int
+
+
+def tree_rss(pid: int) -> int:
+    """Resident memory of a process and its children (the decode processes), in bytes."""
+    total = 0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            if int(entry) == pid or int(fields[1]) == pid:
+                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
+        except (FileNotFoundError, ProcessLookupError, IndexError):
+            continue
+    return total
+
+
+def classify(client: httpx.Client) -> float:
+    start = time.perf_counter()
+    response = client.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
+    assert response.status_code == 200, response.text
+    return time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def server() -> Iterator[Server]:
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    proc = start_server(port, **ENV)
+    try:
+        wait_ready(url, proc)
+        with httpx.Client(base_url=url, timeout=30) as client:
+            for _ in range(20):
+                classify(client)  # warm-up
+            canary = statistics.median(classify(client) for _ in range(20))
+        time.sleep(0.5)
+        yield Server(url, proc.pid, canary, tree_rss(proc.pid))
+    finally:
+        proc.terminate()
+        proc.communicate(timeout=60)
+
+
+@dataclass
+class Observed:
+    result: object
+    seconds: float
+    healthz_max_s: float
+    canary_max_s: float
+    rss_above_idle: int
+
+
+def under_attack(server: Server, attack: Callable[[], object]) -> Observed:
+    """Run `attack` on a thread while a canary probes the server, and watch its memory."""
+    box: dict[str, object] = {}
+
+    def run() -> None:
+        start = time.perf_counter()
+        try:
+            box["result"] = attack()
+        except Exception as exc:  # reported below, where the test asserts on it
+            box["result"] = exc
+        box["seconds"] = time.perf_counter() - start
+
+    thread = threading.Thread(target=run)
+    healthz, canary, rss = [0.0], [0.0], [0]
+    with httpx.Client(base_url=server.url, timeout=10) as client:
+        thread.start()
+        while thread.is_alive() or len(canary) < 4:
+            start = time.perf_counter()
+            assert client.get("/healthz", timeout=1).status_code == 200
+            healthz.append(time.perf_counter() - start)
+            canary.append(classify(client))
+            rss.append(tree_rss(server.pid) - server.idle_rss)
+        thread.join()
+        assert client.get("/readyz").status_code == 200
+        classify(client)  # and still correct: see test_the_server_is_correct_after_the_attacks
+    return Observed(box["result"], float(box["seconds"]), max(healthz), max(canary), max(rss))  # type: ignore[arg-type]
+
+
+def check(server: Server, seen: Observed, status: int, error_type: str | None) -> None:
+    response = seen.result
+    assert isinstance(response, httpx.Response), response
+    assert response.status_code == status, response.text[:300]
+    if status >= 400:  # /v1's error object, or /v2's {"error": message}
+        error = response.json()["error"]
+        assert error["type"] == error_type if error_type else isinstance(error, str)
+    print(
+        f"answered {status} in {seen.seconds:.2f} s; canary max {seen.canary_max_s * 1000:.0f} ms "
+        f"(idle {server.canary_s * 1000:.0f} ms), healthz max {seen.healthz_max_s * 1000:.0f} ms, "
+        f"memory above idle {seen.rss_above_idle / MiB:.0f} MiB"
+    )
+    assert seen.healthz_max_s < 1
+    assert seen.canary_max_s < server.canary_s + CANARY_SLACK_S
+    assert seen.rss_above_idle < MEMORY_BOUND
+
+
+def post(server: Server, path: str, content: bytes, content_type: str, **headers: str | bytes) -> Callable[[], object]:
+    return lambda: httpx.post(
+        server.url + path, content=content, headers={"content-type": content_type, **headers}, timeout=60
+    )
+
+
+def rgba_png() -> bytes:
+    return bombs.png(Image.new("RGBA", (6000, 6000), (1, 2, 3, 4)))
+
+
+def as_json(value: object) -> bytes:
+    return json.dumps(value).encode()
+
+
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def v2_binary(header: dict[str, object], data: bytes) -> tuple[bytes, str, dict[str, str]]:
+    """Body, content type and headers of a v2 request with binary tensor data."""
+    head = as_json(header)
+    return head + data, "application/octet-stream", {"inference-header-content-length": str(len(head))}
+
+
+DEEP = b"[" * 100_000 + b"]" * 100_000
+INFER = "/v2/models/vit_test_tiny/infer"
+# (name, path, body, content type, extra headers, status, error type); each answered in bounded time.
+Body = bytes | Callable[[], bytes]  # the costly ones are built when their test runs
+ATTACKS: list[tuple[str, str, Body, str, dict[str, str | bytes], int, str | None]] = [
+    # 1. parser depth and encoding
+    ("deep JSON, classify", "/v1/classify", DEEP, "application/json", {}, 400, "invalid_request"),
+    (
+        "deep JSON in a field",
+        "/v1/classify",
+        b'{"images": [], "top_k": ' + DEEP + b"}",
+        "application/json",
+        {},
+        400,
+        "invalid_request",
+    ),
+    (
+        "deep JSON, OpenAI embeddings",
+        "/v1/embeddings",
+        b'{"model": "m", "input": ' + DEEP + b"}",
+        "application/json",
+        {},
+        400,
+        "invalid_request",
+    ),
+    ("deep JSON, v2", INFER, DEEP, "application/json", {}, 400, None),
+    (
+        "deep JSON, v2 data",
+        INFER,
+        b'{"inputs": [{"name": "pixels", "shape": [1], "datatype": "UINT8", "data": '
+        + b"[" * 5000
+        + b"]" * 5000
+        + b"}]}",
+        "application/json",
+        {},
+        400,
+        None,
+    ),
+    ("lone surrogate in the v2 id", INFER, b'{"id": "\\ud800", "inputs": []}', "application/json", {}, 400, None),
+    (
+        "lone surrogate in a key",
+        "/v1/classify",
+        b'{"images": [], "\\udfff": 1}',
+        "application/json",
+        {},
+        400,
+        "invalid_request",
+    ),
+    (
+        "lone surrogate in OpenAI's model",
+        "/v1/embeddings",
+        b'{"model": "\\ud83d", "input": ["x"]}',
+        "application/json",
+        {},
+        400,
+        "invalid_request",
+    ),
+    (
+        "raw surrogate bytes",
+        "/v1/classify",
+        b'{"images": ["\xed\xa0\x80"]}',
+        "application/json",
+        {},
+        400,
+        "invalid_request",
+    ),
+    (
+        "superscript digit as a header length",
+        INFER,
+        b'{"inputs": []}',
+        "application/json",
+        {"inference-header-content-length": b"\xb2"},
+        400,
+        None,
+    ),
+    (
+        "Arabic digits as a timeout",
+        "/v1/classify",
+        PNG,
+        "image/png",
+        {"x-request-timeout": b"\xb9"},
+        422,
+        "invalid_parameter",
+    ),
+    (
+        "3e38 in FP32 JSON",
+        INFER,
+        as_json(
+            {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [3e38] * 3072}]}
+        ),
+        "application/json",
+        {},
+        400,
+        None,
+    ),
+    (
+        "1e39 in FP32 JSON",
+        INFER,
+        as_json(
+            {"inputs": [{"name": "pixel_values", "shape": [1, 3, 32, 32], "datatype": "FP32", "data": [1e39] * 3072}]}
+        ),
+        "application/json",
+        {},
+        400,
+        None,
+    ),
+    (
+        "NaN in FP32 binary",
+        INFER,
+        *v2_binary(
+            {
+                "inputs": [
+                    {
+                        "name": "pixel_values",
+                        "shape": [1, 3, 32, 32],
+                        "datatype": "FP32",
+                        "parameters": {"binary_data_size": 3072 * 4},
+                    }
+                ]
+            },
+            np.full(3072, np.nan, "<f4").tobytes(),
+        ),
+        400,
+        None,
+    ),
+    # 2. counts before work
+    (
+        "two million empty images",
+        "/v1/classify",
+        b'{"images": [' + b'"",' * 2_000_000 + b'""]}',
+        "application/json",
+        {},
+        413,
+        "payload_too_large",
+    ),
+    (
+        "200,000 images within the value limit",
+        "/v1/classify",
+        b'{"images": [' + b'"",' * 200_000 + b'""]}',
+        "application/json",
+        {},
+        413,
+        "payload_too_large",
+    ),
+    (
+        "a quarter million v2 parameters",
+        INFER,
+        as_json({"inputs": [], "parameters": {str(i): i for i in range(250_000)}}),
+        "application/json",
+        {},
+        400,
+        None,
+    ),
+    (
+        "a quarter million nested lists as v2 data",
+        INFER,
+        as_json({"inputs": [{"name": "pixels", "shape": [1], "datatype": "UINT8", "data": [[[]]] * 80_000}]}),
+        "application/json",
+        {},
+        400,
+        None,
+    ),
+    (
+        "millions of empty BYTES elements",
+        INFER,
+        *v2_binary(
+            {
+                "inputs": [
+                    {"name": "image", "shape": [1], "datatype": "BYTES", "parameters": {"binary_data_size": 16_000_000}}
+                ]
+            },
+            b"\0" * 16_000_000,
+        ),
+        400,
+        None,
+    ),
+    (
+        "a shape of 2**62 images",
+        INFER,
+        as_json({"inputs": [{"name": "image", "shape": [2**62], "datatype": "BYTES", "data": ["x"]}]}),
+        "application/json",
+        {},
+        413,
+        None,
+    ),
+    (
+        "a shape with a huge product",
+        INFER,
+        as_json({"inputs": [{"name": "pixels", "shape": [1, 3] + [2**60] * 50, "datatype": "UINT8", "data": [0]}]}),
+        "application/json",
+        {},
+        400,
+        None,
+    ),
+    (
+        "an output asked for 100,000 times",
+        INFER,
+        as_json(
+            {
+                "inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [b64(PNG)]}],
+                "outputs": [{"name": "embedding"}] * 100_000,
+            }
+        ),
+        "application/json",
+        {},
+        400,
+        None,
+    ),
+    # 3. decoder time bombs (the decode process is killed at VIT_DECODE_TIMEOUT_S, or refused before)
+    (
+        "progressive JPEG with 2,000 scans",
+        "/v1/classify",
+        bombs.progressive_jpeg_with_scans(2000),
+        "image/jpeg",
+        {},
+        400,
+        "invalid_image",
+    ),
+    (
+        "RLE BMP decoded in Python",
+        "/v1/classify",
+        functools.partial(bombs.rle8_bmp, 3000, 2000),
+        "image/bmp",
+        {},
+        413,
+        "payload_too_large",
+    ),
+    ("GIF of 3,000 frames", "/v1/classify", functools.partial(bombs.gif_with_frames, 3000), "image/gif", {}, 200, None),
+    # 4. decoder memory bombs
+    (
+        "TIFF with a 65536×65536 tile",
+        "/v1/classify",
+        bombs.tiff_with_tile(65536),
+        "image/tiff",
+        {},
+        413,
+        "payload_too_large",
+    ),
+    ("1×1,000,000 PNG in crop mode", "/v1/classify", bombs.tall_png(1_000_000), "image/png", {}, 200, None),
+    ("6000×6000 RGBA PNG past the decode memory", "/v1/classify", rgba_png, "image/png", {}, 413, "payload_too_large"),
+]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("attack", ATTACKS, ids=[a[0] for a in ATTACKS])
+def test_attack_is_refused_in_bounded_time_and_memory_while_others_notice_nothing(
+    server: Server, attack: tuple[str, str, Body, str, dict[str, str | bytes], int, str | None]
+) -> None:
+    _, path, body, content_type, headers, status, error_type = attack
+    content = body if isinstance(body, bytes) else body()
+    seen = under_attack(server, post(server, path, content, content_type, **headers))
+    check(server, seen, status, error_type)
+    assert seen.seconds < 10
+
+
+@pytest.mark.slow
+def test_a_request_of_time_bombs_holds_one_decode_process_and_stops_at_its_first(server: Server) -> None:
+    images = [b64(bombs.rle8_bmp(2000, 1200))] * 3  # each ~1 s of Python decoding, were it not stopped
+    seen = under_attack(server, post(server, "/v1/classify", as_json({"images": images}), "application/json"))
+    check(server, seen, 413, "payload_too_large")
+    assert seen.seconds < 1.4  # the first timeout (0.5 s) ends the request; the others are never decoded
+
+
+@pytest.mark.slow
+def test_the_server_is_correct_after_the_attacks(server: Server) -> None:
+    with httpx.Client(base_url=server.url, timeout=30) as client:
+        one = client.post("/v1/embeddings", content=PNG, headers={"content-type": "image/png"}).json()
+        many = client.post("/v1/embeddings", json={"images": [b64(PNG)] * 4}).json()
+    for row in many["data"]:
+        np.testing.assert_allclose(row["embedding"], one["data"][0]["embedding"], atol=1e-5)
