@@ -199,7 +199,7 @@ def resize(image: Image.Image, size: int, cfg: PreprocessConfig) -> Image.Image:
     intermediate image would be larger than the source and `_MAX_INTERMEDIATE_PIXELS`: a
     1×1,000,000 image would be scaled to some 248×248,000,000 before its crop. Then the crop
     resamples only the source region under the S×S window (Pillow's `box`, with the same
-    scale: equal up to ±1 rounding), and a tall squash runs its vertical pass first.
+    scale: equal up to ±2 of Pillow's rounding), and a tall squash runs its vertical pass first.
     """
     resample = _RESAMPLE[cfg.interpolation]
     width, height = image.size

@@ -30,7 +30,7 @@ log = logging.getLogger(__name__)
 
 PROBES = frozenset({b"/healthz", b"/readyz", b"/v2/health/live", b"/v2/health/ready"})
 _PAST_CAPACITY_HEAD_TIMEOUT_S = 1.0  # a probe sends its request at once
-_RESERVE = 64  # connections past the cap that may still carry a probe; beyond, closed at once
+_RESERVE = 64  # connections past the cap that may wait for their head (see past_cap)
 
 
 def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
@@ -47,12 +47,17 @@ def raise_fd_limit() -> int:
 
 
 def protocol(settings: Settings) -> type[HttpToolsProtocol]:
-    """The protocol class for these settings (uvicorn instantiates it per connection)."""
-    return type("BoundedHttpProtocol", (BoundedHttpProtocol,), {"settings": settings})
+    """The protocol class for these settings (uvicorn instantiates it per connection); one per
+    server, since it also holds the server's connections waiting past the cap."""
+    return type("BoundedHttpProtocol", (BoundedHttpProtocol,), {"settings": settings, "past_cap": {}})
 
 
 class BoundedHttpProtocol(HttpToolsProtocol):
     settings: Settings
+    # Connections past VIT_MAX_CONNECTIONS whose head has not arrived, oldest first: at most
+    # _RESERVE are kept, so a flood of idle connections holds a bounded number of descriptors
+    # and a probe that connects always gets a place (the oldest waiting one is closed for it).
+    past_cap: dict[BoundedHttpProtocol, None]
 
     def connection_made(self, transport: Any) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -60,13 +65,17 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.head_pending, self.head_bytes, self.header_count = True, 0, 0
         self.refusal: tuple[int, str, str] | None = None
         self.past_capacity = len(self.connections) > self.settings.max_connections
-        if len(self.connections) > self.settings.max_connections + _RESERVE:
-            transport.abort()
-            return
+        if self.past_capacity:
+            self.past_cap[self] = None
+            if len(self.past_cap) > _RESERVE:
+                oldest = next(iter(self.past_cap))
+                del self.past_cap[oldest]
+                oldest.transport.abort()
         self._arm_head_timer()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._cancel_head_timer()
+        self.past_cap.pop(self, None)
         super().connection_lost(exc)
 
     def data_received(self, data: bytes) -> None:
@@ -93,6 +102,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_headers_complete(self) -> None:
         self.head_pending = False
         self._cancel_head_timer()
+        self.past_cap.pop(self, None)
         if self.past_capacity and httptools.parse_url(self.url).path not in PROBES:
             self.refusal = (503, "overloaded", "too many open connections; retry shortly")
             raise ValueError("past capacity")

@@ -18,6 +18,9 @@ MiB = 1 << 20
 PREFIX = "VIT_"
 
 
+RENAMED = {"VIT_DECODE_THREADS": "VIT_DECODE_PROCESSES"}  # decoding moved from threads to processes in 0.2
+
+
 class UnknownSetting(ValueError):
     """A VIT_* variable (environment or .env) that names no setting: a typo, or a setting of
     another version. Refused, since a server that ignored it would not do what was asked."""
@@ -136,6 +139,8 @@ def check_known(variables: Mapping[str, str | None]) -> None:
     for name in sorted(variables):
         upper = name.upper()
         if upper.startswith(PREFIX) and upper not in known:
+            if upper in RENAMED:
+                raise UnknownSetting(f"unknown setting {name}: it is now {RENAMED[upper]}")
             close = difflib.get_close_matches(upper, known, n=1)
             hint = f"; did you mean {close[0]}?" if close else ""
             raise UnknownSetting(f"unknown setting {name}{hint}")

@@ -9,14 +9,17 @@ from PIL import Image
 from transformers import ViTImageProcessorPil
 
 from model.preprocess import (
+    MAX_JPEG_SCANS,
     ImageError,
     ImageTooLarge,
     PreprocessConfig,
     UnsupportedImageFormat,
+    crop_box_resize,
     load_image,
     normalize,
 )
 from tests.images import encode, gradient, photo, png_header_claiming
+from tests.service.bombs import progressive_jpeg_with_scans, tiff_with_tile
 
 SQUASH = PreprocessConfig()
 
@@ -146,3 +149,45 @@ def test_normalize_runs_in_the_requested_dtype() -> None:
     batch = torch.tensor([[[[0, 255]]] * 3], dtype=torch.uint8)
     out = normalize(batch, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), torch.bfloat16)
     assert out.dtype == torch.bfloat16 and out[0, 0, 0].tolist() == [-1.0, 1.0]
+
+
+def test_an_extreme_aspect_ratio_is_resized_without_a_huge_intermediate() -> None:
+    """1×1,000,000 scaled for a crop would be ~248×248,000,000 pixels first; squashed, 224×1,000,000."""
+    tall = encode(Image.new("RGB", (1, 1_000_000), (10, 200, 30)), "PNG")
+    for cfg in (PreprocessConfig(resize_mode="crop"), SQUASH):
+        out = load_image(tall, 224, cfg, max_pixels=40_000_000)
+        assert out.shape == (3, 224, 224) and (torch.tensor([10, 200, 30]) == out.reshape(3, -1).T).all()
+
+
+def test_the_bounded_crop_matches_the_reference_crop_within_rounding() -> None:
+    img = photo().rotate(90, expand=True)  # 300×451, cropped at 224 / 0.9 as `resize` would
+    scaled = (248, round(451 * 248 / 300))
+    left, top = round((scaled[0] - 224) / 2), round((scaled[1] - 224) / 2)
+    full = img.resize(scaled, Image.Resampling.BICUBIC).crop((left, top, left + 224, top + 224))
+    reference = np.asarray(full, dtype=int)
+    bounded = np.asarray(crop_box_resize(img, 224, scaled, (left, top), Image.Resampling.BICUBIC), dtype=int)
+    assert np.abs(bounded - reference).max() <= 2 and np.abs(bounded - reference).mean() < 0.5  # Pillow's rounding
+
+
+def test_sixteen_bit_images_are_scaled_the_same_in_chunks() -> None:
+    values = np.random.default_rng(0).integers(0, 65536, (1100, 1000), dtype=np.uint16)  # over one chunk
+    out = load_image(encode(Image.fromarray(values), "TIFF"), 1000, PreprocessConfig(resize_mode="crop", crop_pct=1))
+    expected = (values[50:1050].astype(np.float64) * (255 / 65535) + 0.5).astype(np.uint8)
+    assert np.array_equal(out[0].numpy(), expected)
+
+
+def test_a_tiff_whose_tile_is_over_the_pixel_limit_is_refused_before_decoding() -> None:
+    with pytest.raises(ImageTooLarge, match="TIFF tile"):
+        load_image(tiff_with_tile(65536), 8, SQUASH)
+
+
+def test_a_jpeg_with_thousands_of_scans_is_refused_and_a_progressive_one_decodes() -> None:
+    with pytest.raises(ImageError, match="scans"):
+        load_image(progressive_jpeg_with_scans(MAX_JPEG_SCANS + 1, size=64), 8, SQUASH)
+    assert load_image(progressive_jpeg_with_scans(1, size=64), 8, SQUASH).shape == (3, 8, 8)
+
+
+def test_only_the_first_page_of_a_long_tiff_is_touched() -> None:
+    pages = [Image.new("L", (4, 4), i % 256) for i in range(5000)]
+    data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
+    assert load_image(data, 4, SQUASH)[:, 0, 0].tolist() == [0, 0, 0]
