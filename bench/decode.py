@@ -1,28 +1,34 @@
-"""`python -m bench.decode`: decoding spread over the cores, with threads or with processes.
+"""`python -m bench.decode`: decoding spread over the cores: threads, a process pool, and the
+service's decode processes.
 
 Decodes and resizes the benchmark's JPEGs (`model.preprocess.load_image`, as the service does)
-serially, on a thread pool and on a process pool of `--workers`, and prints images/s for each.
-Pillow releases the GIL while it decodes and resizes, so threads can use every core without the
-cost of sending pixels between processes.
+serially, on a thread pool and a process pool of `--workers` (the pixels stay in the worker:
+only the decode is timed), and on the service's `DecodePool` of `--workers` processes with every
+image submitted at once, as many concurrent requests would (the pixels come back to the caller,
+as the service needs them). The variants are measured in turn, `--rounds` times, and the
+median images/s of each is printed: the machine is shared, so only ratios from one run count.
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 import functools
 import os
+import statistics
 import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from bench.workload import SIZES, jpeg
 from model.preprocess import PreprocessConfig, load_image
+from service.decoding import DecodePool
 
 CONFIG = PreprocessConfig(resize_mode="crop", crop_pct=0.875, interpolation="bicubic")
 
 
 def _decode(data: bytes) -> int:
-    return load_image(data, 224, CONFIG).numel()  # the pixels stay in the worker: only the decode is timed
+    return load_image(data, 224, CONFIG).numel()
 
 
 def _map(pool: Executor, images: list[bytes]) -> list[int]:
@@ -42,20 +48,30 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--rounds", type=int, default=3)
     args = parser.parse_args()
-    pools: dict[str, Executor] = {
-        "threads": ThreadPoolExecutor(args.workers),
-        "processes": ProcessPoolExecutor(args.workers),
+    loop = asyncio.new_event_loop()
+    service = DecodePool(args.workers, 224, CONFIG, 40_000_000, timeout_s=60, memory_bytes=1 << 30)
+    loop.run_until_complete(service.start())
+    threads, processes = ThreadPoolExecutor(args.workers), ProcessPoolExecutor(args.workers)
+    variants: dict[str, Callable[[list[bytes]], object]] = {
+        "serial": lambda batch: [_decode(d) for d in batch],
+        "threads": functools.partial(_map, threads),
+        "processes": functools.partial(_map, processes),
+        "service": lambda batch: loop.run_until_complete(asyncio.gather(*(service.decode(d) for d in batch))),
     }
     for size in SIZES:
         images = [jpeg(size, i) for i in range(3)] * 32
-        rates = {"serial": _rate(lambda batch: [_decode(d) for d in batch], images, args.seconds)}
-        for name, pool in pools.items():
-            rates[name] = _rate(functools.partial(_map, pool), images, args.seconds)
-        shown = ", ".join(f"{name} {rate:.0f}" for name, rate in rates.items())
+        rates: dict[str, list[float]] = {name: [] for name in variants}
+        for _ in range(args.rounds):
+            for name, run in variants.items():
+                rates[name].append(_rate(run, images, args.seconds))
+        medians = {name: statistics.median(r) for name, r in rates.items()}
+        shown = ", ".join(f"{name} {rate:.0f} ({rate / medians['serial']:.2f}x)" for name, rate in medians.items())
         print(f"{size}: images/s with {args.workers} workers: {shown}")
-    for pool in pools.values():
-        pool.shutdown()
+    service.close()
+    threads.shutdown()
+    processes.shutdown()
 
 
 if __name__ == "__main__":

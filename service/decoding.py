@@ -23,7 +23,7 @@ import json
 import logging
 import os
 import resource
-import subprocess  # starts our own decode module, with no shell: nosec B404
+import subprocess  # nosec B404
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -147,7 +147,8 @@ class _Worker:
         self.loop = asyncio.get_running_loop()
         job_read, job_write = os.pipe()
         result_read, result_write = os.pipe()
-        self.process = subprocess.Popen(  # this interpreter, our own module, fixed arguments: nosec B603
+        # This interpreter, this package's own module, fixed arguments, no shell:
+        self.process = subprocess.Popen(  # nosec B603
             [sys.executable, "-m", "service.decoding", str(job_read), str(result_write), pool._config],
             pass_fds=(job_read, result_write),
             stdin=subprocess.DEVNULL,
