@@ -44,6 +44,10 @@ def _rate(run: Callable[[list[bytes]], object], images: list[bytes], seconds: fl
     return done / (time.perf_counter() - start)
 
 
+async def _all_at_once(pool: DecodePool, images: list[bytes]) -> list[object]:
+    return list(await asyncio.gather(*(pool.decode(data) for data in images)))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
@@ -58,7 +62,7 @@ def main() -> None:
         "serial": lambda batch: [_decode(d) for d in batch],
         "threads": functools.partial(_map, threads),
         "processes": functools.partial(_map, processes),
-        "service": lambda batch: loop.run_until_complete(asyncio.gather(*(service.decode(d) for d in batch))),
+        "service": lambda batch: loop.run_until_complete(_all_at_once(service, batch)),
     }
     for size in SIZES:
         images = [jpeg(size, i) for i in range(3)] * 32

@@ -8,19 +8,21 @@ holding the GIL. So images are decoded in `VIT_DECODE_PROCESSES` processes of th
 address-space limit of `VIT_DECODE_MEMORY_BYTES` above its own start-up size, so a memory
 bomb fails its own decode (MemoryError, then 413) instead of the host.
 
-Bytes go to a process through a pipe and pixels come back the same way, framed by
-`multiprocessing.connection`; the event loop reads results as they arrive (`add_reader`, on a
-non-blocking pipe), so no thread is spent waiting. Waiting decodes are served in arrival order, and one request holds
-at most all but one process, so a request full of time bombs leaves a process for everyone else.
+Bytes go to a process through a pipe (framed by `multiprocessing.connection`); its pixels come
+back through a buffer the two share (a memfd, mapped by both), and a one-byte answer on a second
+pipe says they are there. The event loop reads answers as they arrive (`add_reader`, on a
+non-blocking pipe), so no thread is spent waiting, and the pixels cross with a single copy.
+Waiting decodes are served in arrival order, and one request holds at most all but one process,
+so a request full of time bombs leaves a process for everyone else.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import fcntl
 import json
 import logging
+import math
+import mmap
 import os
 import resource
 import subprocess  # nosec B404
@@ -120,12 +122,9 @@ class DecodePool:
             worker = await self._idle.get()
         start = time.perf_counter()
         job = await worker.run(data, self.timeout_s)
-        message = await asyncio.shield(job)
-        status = bytes(message[:1])
-        if status != _PIXELS:
-            raise _ERRORS.get(status, ImageError)(message[1:].decode("utf-8", "replace"))
+        pixels = await asyncio.shield(job)
         self._observe(time.perf_counter() - start)
-        return np.frombuffer(message, dtype=np.uint8, offset=1).reshape(self.shape)
+        return pixels
 
     def _spawn(self) -> None:
         if not self._closed:
@@ -140,33 +139,35 @@ class DecodePool:
 
 
 class _Worker:
-    """One decode process and the parent's ends of its two pipes."""
+    """One decode process, the parent's ends of its two pipes, and the pixel buffer they share."""
 
     def __init__(self, pool: DecodePool) -> None:
         self.pool = pool
         self.loop = asyncio.get_running_loop()
         job_read, job_write = os.pipe()
         result_read, result_write = os.pipe()
+        self.shared = os.memfd_create("vit-decode-pixels")
+        os.ftruncate(self.shared, math.prod(pool.shape))
+        fds = (job_read, result_write, self.shared)
         # This interpreter, this package's own module, fixed arguments, no shell:
         self.process = subprocess.Popen(  # nosec B603
-            [sys.executable, "-m", "service.decoding", str(job_read), str(result_write), pool._config],
-            pass_fds=(job_read, result_write),
+            [sys.executable, "-m", "service.decoding", *map(str, fds), pool._config],
+            pass_fds=fds,
             stdin=subprocess.DEVNULL,
         )
-        with contextlib.suppress(OSError):  # one write for a whole answer (Linux; up to pipe-max-size)
-            fcntl.fcntl(result_write, fcntl.F_SETPIPE_SZ, 4 + 1 + 3 * pool.shape[0] * pool.shape[1])
         os.close(job_read)
         os.close(result_write)
+        self.pixels = np.frombuffer(mmap.mmap(self.shared, math.prod(pool.shape)), np.uint8).reshape(pool.shape)
         self.jobs = Connection(job_write, readable=False)
         self.results = result_read
-        self.inbox = bytearray()  # what has arrived of the process's next messages
+        self.inbox = bytearray()  # what has arrived of the process's next answers
         self.alive = True
-        self.job: asyncio.Future[bytearray] | None = None
+        self.job: asyncio.Future[np.ndarray] | None = None
         self.timer: asyncio.TimerHandle | None = None
         os.set_blocking(result_read, False)
         self.loop.add_reader(result_read, self._on_readable)
 
-    async def run(self, data: bytes, timeout_s: float) -> asyncio.Future[bytearray]:
+    async def run(self, data: bytes, timeout_s: float) -> asyncio.Future[np.ndarray]:
         """Send one image; the returned future gets the process's answer. The clock starts
         first, so that nothing (not even a cancelled send) leaves the process unbounded."""
         job = self.job = self.loop.create_future()
@@ -205,14 +206,18 @@ class _Worker:
             self._on_message(message)
 
     def _on_message(self, message: bytearray) -> None:
-        if message[:1] == _READY:
+        status = bytes(message[:1])
+        if status == _READY:
             self.pool._ready(self)
             return
         if self.timer is not None:
             self.timer.cancel()
         job, self.job = self.job, None
         if job is not None and not job.done():
-            job.set_result(message)
+            if status == _PIXELS:
+                job.set_result(self.pixels.copy())  # before the buffer is reused by the next image
+            else:
+                job.set_exception(_ERRORS.get(status, ImageError)(message[1:].decode("utf-8", "replace")))
         self.pool._ready(self)
 
     def kill(self, error: ImageError) -> None:
@@ -227,17 +232,19 @@ class _Worker:
         self.process.wait()  # killed: returns at once, and leaves no zombie
         self.jobs.close()
         os.close(self.results)
+        os.close(self.shared)  # the mapping goes with the array that holds it
         if self.job is not None and not self.job.done():
             self.job.set_exception(error)
         self.pool._gone(self)
 
 
-def _serve(job_fd: int, result_fd: int, config: str) -> None:
+def _serve(job_fd: int, result_fd: int, shared_fd: int, config: str) -> None:
     """The decode process: answer each image with its pixels or the reason it is refused."""
     settings = json.loads(config)
     size, max_pixels = settings["size"], settings["max_pixels"]
     preprocess = PreprocessConfig.from_dict(settings["preprocess"])
     jobs, results = Connection(job_fd, writable=False), Connection(result_fd, readable=False)
+    shared = np.frombuffer(mmap.mmap(shared_fd, size * size * 3), np.uint8).reshape(size, size, 3)
     page = os.sysconf("SC_PAGE_SIZE")
     with open("/proc/self/statm") as f:
         start_size = int(f.read().split()[0]) * page
@@ -261,11 +268,12 @@ def _serve(job_fd: int, result_fd: int, config: str) -> None:
         except MemoryError:
             results.send_bytes(_TOO_LARGE + b"decoding this image needs more memory than allowed")
         else:
-            results.send_bytes(_PIXELS + pixels.tobytes())
+            shared[...] = pixels
+            results.send_bytes(_PIXELS)
 
 
 if __name__ == "__main__":
     import signal
 
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C reaches the whole group: the service ends us
-    _serve(int(sys.argv[1]), int(sys.argv[2]), sys.argv[3])
+    _serve(int(sys.argv[1]), int(sys.argv[2]), int(sys.argv[3]), sys.argv[4])

@@ -33,9 +33,14 @@ _PAST_CAPACITY_HEAD_TIMEOUT_S = 1.0  # a probe sends its request at once
 _RESERVE = 64  # connections past the cap that may wait for their head (see past_cap)
 
 
+# After the drain, what is still unanswered (a body still arriving) gets this long before uvicorn
+# cancels it, which answers it 503 (app.RequestContext): shutdown = drain + this + the exit.
+SERVER_GRACE_S = 1
+
+
 def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration for `app` with the service's protocol; `options` pass through."""
-    return uvicorn.Config(app, http=protocol(settings), timeout_graceful_shutdown=1, **options)
+    return uvicorn.Config(app, http=protocol(settings), timeout_graceful_shutdown=SERVER_GRACE_S, **options)
 
 
 def raise_fd_limit() -> int:

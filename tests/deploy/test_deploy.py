@@ -18,6 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
+from service.server import SERVER_GRACE_S
 from service.settings import Settings
 from tests.service.conftest import serve, tiny_settings
 
@@ -81,7 +82,8 @@ def test_deployment_probes_gpu_and_drain_budget() -> None:
     assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
     pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
     drain = float(env["VIT_SHUTDOWN_TIMEOUT_S"])
-    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + 5  # SIGKILL never cuts a drain short
+    # SIGKILL never cuts a shutdown short: preStop, the drain, the server's last second, and a margin
+    assert pod["terminationGracePeriodSeconds"] >= pre_stop + drain + SERVER_GRACE_S + 5
     assert pod["securityContext"]["runAsUser"] == 10001 and pod["securityContext"]["runAsNonRoot"]
     assert "useradd --create-home --uid 10001" in (ROOT / "Dockerfile").read_text()
 
