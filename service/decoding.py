@@ -61,14 +61,22 @@ class DecodePool:
         max_pixels: int,
         timeout_s: float,
         memory_bytes: int,
+        draft: bool = False,
         observe: Callable[[float], object] = lambda seconds: None,
     ) -> None:
-        """`observe` gets the seconds each successful decode took, from dispatch to pixels."""
+        """`draft`: see model.preprocess.decode_image. `observe` gets the seconds each successful
+        decode took, from dispatch to pixels."""
         self.processes, self.timeout_s, self._observe = processes, timeout_s, observe
         self.per_request = max(1, processes - 1)
         self.shape = (image_size, image_size, 3)
         self._config = json.dumps(
-            {"size": image_size, "preprocess": preprocess.to_dict(), "max_pixels": max_pixels, "memory": memory_bytes}
+            {
+                "size": image_size,
+                "preprocess": preprocess.to_dict(),
+                "max_pixels": max_pixels,
+                "memory": memory_bytes,
+                "draft": draft,
+            }
         )
         self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
         self._workers: set[_Worker] = set()
@@ -258,7 +266,7 @@ def _serve(job_fd: int, result_fd: int, shared_fd: int, config: str) -> None:
         except EOFError:
             return  # the service closed the pipe
         try:
-            pixels = decode_image(data, size, preprocess, max_pixels)
+            pixels = decode_image(data, size, preprocess, max_pixels, settings["draft"])
         except ImageTooLarge as exc:
             results.send_bytes(_TOO_LARGE + str(exc).encode())
         except UnsupportedImageFormat as exc:

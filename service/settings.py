@@ -52,6 +52,9 @@ class Settings(BaseSettings):
     decode_memory_bytes: int = Field(
         1024 * MiB, ge=64 * MiB, description="address space one decode process may add to its start-up size"
     )
+    jpeg_draft: bool = Field(
+        True, description="decode JPEGs ≥ 2× the needed size at 1/2…1/8 scale (DCT scaling); false: full decode"
+    )
     max_json_values: int = Field(
         262_144, ge=1024, description="values in one JSON body, counted before parsing: bounds its time and memory"
     )
@@ -75,8 +78,9 @@ class Settings(BaseSettings):
     std: Annotated[tuple[float, float, float] | None, NoDecode] = None
 
     def __init__(self, **values: Any) -> None:
-        env_file = values.get("_env_file", ".env")
-        dotenv = dotenv_values(env_file) if env_file and Path(env_file).is_file() else {}
+        env_files = values.get("_env_file", ".env")
+        paths = env_files if isinstance(env_files, list | tuple) else [env_files]
+        dotenv = {k: v for path in paths if path and Path(path).is_file() for k, v in dotenv_values(path).items()}
         check_known({**dotenv, **os.environ})
         super().__init__(**values)
 

@@ -15,6 +15,7 @@ from model.preprocess import (
     PreprocessConfig,
     UnsupportedImageFormat,
     crop_box_resize,
+    decode_image,
     load_image,
     normalize,
 )
@@ -191,3 +192,18 @@ def test_only_the_first_page_of_a_long_tiff_is_touched() -> None:
     pages = [Image.new("L", (4, 4), i % 256) for i in range(5000)]
     data = encode(pages[0], "TIFF", save_all=True, append_images=pages[1:])
     assert load_image(data, 4, SQUASH)[:, 0, 0].tolist() == [0, 0, 0]
+
+
+def test_jpeg_draft_decodes_a_large_photo_within_a_few_levels_of_a_full_decode() -> None:
+    """DCT scaling (1/8 here: 4000×3000 for a 224 crop) against the full decode and resize."""
+    data = encode(photo().resize((4000, 3000)), "JPEG", quality=90)
+    for cfg in (PreprocessConfig(resize_mode="crop", crop_pct=0.875, interpolation="bicubic"), SQUASH):
+        full = load_image(data, 224, cfg).numpy().astype(int)
+        drafted = decode_image(data, 224, cfg, draft=True).transpose(2, 0, 1).astype(int)
+        assert np.abs(drafted - full).max() <= 7 and np.abs(drafted - full).mean() < 1
+
+
+def test_jpeg_draft_leaves_images_under_twice_the_needed_size_exact() -> None:
+    data = encode(photo(), "JPEG", quality=90)  # 451×300: not twice a 224 crop's 256
+    cfg = PreprocessConfig(resize_mode="crop", crop_pct=0.875)
+    assert np.array_equal(decode_image(data, 224, cfg, draft=True), decode_image(data, 224, cfg))
