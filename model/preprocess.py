@@ -253,11 +253,13 @@ def decode_image(
         raise ImageError(f"image data is corrupt or truncated ({type(exc).__name__})") from exc
 
 
-def load_image(data: bytes, size: int, cfg: PreprocessConfig, max_pixels: int = 40_000_000) -> torch.Tensor:
+def load_image(
+    data: bytes, size: int, cfg: PreprocessConfig, max_pixels: int = 40_000_000, draft: bool = False
+) -> torch.Tensor:
     """`decode_image` as a uint8 (3, size, size) tensor."""
     import torch  # on use: see the module docstring
 
-    return torch.from_numpy(decode_image(data, size, cfg, max_pixels)).permute(2, 0, 1)
+    return torch.from_numpy(decode_image(data, size, cfg, max_pixels, draft)).permute(2, 0, 1)
 
 
 def normalize(
