@@ -73,6 +73,7 @@ async def _start(state: ServiceState, engine_factory: Callable[[Settings], Engin
             settings.decode_memory_bytes,
             draft=settings.jpeg_draft,
             observe=state.metrics.preprocess_duration.observe,
+            restarted=state.metrics.decode_restarts.inc,
         )
         state.decode_pool = pool
         await pool.start()

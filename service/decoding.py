@@ -63,10 +63,12 @@ class DecodePool:
         memory_bytes: int,
         draft: bool = False,
         observe: Callable[[float], object] = lambda seconds: None,
+        restarted: Callable[[], object] = lambda: None,
     ) -> None:
         """`draft`: see model.preprocess.decode_image. `observe` gets the seconds each successful
-        decode took, from dispatch to pixels."""
-        self.processes, self.timeout_s, self._observe = processes, timeout_s, observe
+        decode took, from dispatch to pixels; `restarted` is called for each process killed (past
+        its timeout) or dead, and replaced."""
+        self.processes, self.timeout_s, self._observe, self._restarted = processes, timeout_s, observe, restarted
         self.per_request = max(1, processes - 1)
         self.shape = (image_size, image_size, 3)
         self._config = json.dumps(
@@ -143,7 +145,9 @@ class DecodePool:
 
     def _gone(self, worker: _Worker) -> None:
         self._workers.discard(worker)
-        self._spawn()
+        if not self._closed:
+            self._restarted()
+            self._spawn()
 
 
 class _Worker:

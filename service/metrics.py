@@ -41,6 +41,11 @@ class Metrics:
         self.dropped = Counter(
             "vit_dropped_images", "Queued images never computed because their client had gone", registry=r
         )
+        self.decode_restarts = Counter(
+            "vit_decode_restarts",
+            "Decode processes killed (a decode past VIT_DECODE_TIMEOUT_S) or dead, and replaced",
+            registry=r,
+        )
         self.model_info = Gauge("vit_model_info", "The model being served", ["model", "device", "dtype"], registry=r)
         self.gpu_memory = Gauge(
             "vit_gpu_memory_bytes",
