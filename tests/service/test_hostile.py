@@ -154,6 +154,12 @@ def rgba_png() -> bytes:
     return bombs.png(Image.new("RGBA", (6000, 6000), (1, 2, 3, 4)))
 
 
+def multipart_bomb() -> bytes:
+    """The RLE BMP as a file part of a multipart body (boundary "b")."""
+    head = b'--b\r\nContent-Disposition: form-data; name="image"; filename="x.bmp"\r\n\r\n'
+    return head + bombs.rle8_bmp(3000, 2000) + b"\r\n--b--\r\n"
+
+
 def as_json(value: object) -> bytes:
     return json.dumps(value).encode()
 
@@ -391,6 +397,15 @@ ATTACKS: list[tuple[str, str, Body, str, dict[str, str | bytes], int, str | None
         "/v1/classify",
         functools.partial(bombs.rle8_bmp, 3000, 2000),
         "image/bmp",
+        {},
+        413,
+        "payload_too_large",
+    ),
+    (
+        "RLE BMP in a multipart body",
+        "/v1/embeddings",
+        multipart_bomb,
+        "multipart/form-data; boundary=b",
         {},
         413,
         "payload_too_large",
