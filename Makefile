@@ -6,7 +6,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install install-test serve test lint train bench clean
+.PHONY: install install-test serve test lint train bench bench-ceiling clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -35,6 +35,11 @@ test: install-test lint
 
 bench: install-test
 	$(BIN)/python -m bench --out bench-results
+
+# The serving ceiling, loaded by wrk (a compiled client; installed here from Debian's packages).
+bench-ceiling: install-test
+	command -v wrk >/dev/null || apt-get install -y -q wrk
+	$(BIN)/python -m bench.ceiling --out bench-results
 
 train: install-test
 	$(BIN)/python -m model.train --out model/builtin/vit-mnist

@@ -75,6 +75,11 @@ PRESETS: dict[str, ViTConfig] = {
     "vit_large_patch16_224": _preset(224, 16, 1024, 24, 16),
     "vit_large_patch32_384": _preset(384, 32, 1024, 24, 16),
     "vit_huge_patch14_224": _preset(224, 14, 1280, 32, 16),
+    # For benchmarks of the serving layer only: 224×224 input, width 8, one block; a forward pass
+    # costs microseconds, so what is measured is everything around it (python -m bench.ceiling).
+    "vit_null_patch16_224": ViTConfig(
+        image_size=224, patch_size=16, embed_dim=8, depth=1, num_heads=1, mlp_dim=32, num_classes=10
+    ),
     # For tests only: a few thousand parameters, milliseconds per forward pass.
     "vit_test_tiny": ViTConfig(
         image_size=32, patch_size=8, embed_dim=48, depth=2, num_heads=3, mlp_dim=192, num_classes=10

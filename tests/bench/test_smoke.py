@@ -51,3 +51,13 @@ def test_thread_and_decode_probes_run() -> None:
     assert [line.split(":")[0] for line in lines[:2]] == ["224", "500x375"]
     assert all(all(f"{v} " in line for v in ("serial", "threads", "processes", "service")) for line in lines[:2])
     assert lines[2].startswith("4000x3000 JPEG, one at a time: full decode ") and "draft" in lines[2]
+
+
+def test_the_ceiling_benchmark_runs(tmp_path) -> None:
+    out = _run("bench.ceiling", "--quick", "--out", str(tmp_path))
+    result = json.loads((tmp_path / "ceiling.json").read_text())
+    targets = {(p["target"], p["concurrency"]) for p in result["points"]}
+    assert targets == {(t, c) for t in ("healthz", "models", "classify 224", "classify 500x375") for c in (1, 16)}
+    assert all(p["errors"] == 0 and p["requests"] > 0 for p in result["points"])
+    assert all(p["cpu_over_decode"] > 0 for p in result["points"] if p["target"].startswith("classify"))
+    assert (tmp_path / "ceiling.png").stat().st_size > 0 and "× decode+resize+normalise" in out

@@ -8,7 +8,7 @@ import torch
 from model.config import PRESETS, ViTConfig, preset
 from model.vit import VisionTransformer, resample_pos_embed
 
-# Parameter counts (1000-class heads; 10 for the test preset), from the closed form
+# Parameter counts (1000-class heads; 10 for the null and test presets), from the closed form
 # P²CD + D + D + (N+1)D + L(4D + 4D² + 4D + 2DM + M + D) + 2D + DK + K; B/16 is the 86,567,656.
 PARAMS = {
     "vit_tiny_patch16_224": 5_717_416,
@@ -19,6 +19,7 @@ PARAMS = {
     "vit_large_patch16_224": 304_326_632,
     "vit_large_patch32_384": 306_632_680,
     "vit_huge_patch14_224": 632_045_800,
+    "vit_null_patch16_224": 8_714,
     "vit_test_tiny": 67_258,
 }
 

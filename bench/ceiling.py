@@ -1,0 +1,240 @@
+"""`python -m bench.ceiling`: what the serving layer itself can carry, whatever the model.
+
+vit-serve runs `vit_null_patch16_224` (a ViT of width 8 and one block at 224×224, random weights:
+its forward pass costs microseconds), so what is measured is HTTP, parsing, decoding, batching
+and answering: the limit a GPU would meet first. wrk loads it (a compiled client that costs the
+server's cores little: `apt-get install wrk`, which `make bench-ceiling` runs; without it, the
+Python load generator of bench.load stands in, and the results say so), with one JPEG per
+request at concurrency 1 and 16, 224×224 and ImageNet-like 500×375, and `/healthz` and
+`/v1/models` as floors. For each point: requests/s, the server's CPU per request (its process and
+its decode processes, from /proc), the in-process cost of decoding, resizing and normalising
+that image on the same machine, and their ratio. `--pin-server` and `--pin-client` take CPU
+lists for taskset. Writes ceiling.json and ceiling.png to --out.
+
+    python -m bench.ceiling --out docs/bench            # the full run (about two minutes)
+    python -m bench.ceiling --quick --out /tmp/ceiling  # seconds: the CI smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+from bench.load import closed_loop
+from bench.systems import _free_port
+from bench.workload import jpeg
+from model.preprocess import PreprocessConfig, load_image, normalize
+
+MODEL = "vit_null_patch16_224"
+SIZES = ("224", "500x375")
+# The server's preprocessing for a preset without a checkpoint (squash, bilinear), timed in process.
+PREPROCESS = PreprocessConfig()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.ceiling", description=__doc__)
+    parser.add_argument("--out", type=Path, default=Path("bench-results"))
+    parser.add_argument("--duration", type=float, default=8.0)
+    parser.add_argument("--concurrency", default="1,16")
+    parser.add_argument("--pin-server", default=None, help="CPU list for the server (taskset -c)")
+    parser.add_argument("--pin-client", default=None, help="CPU list for wrk (taskset -c)")
+    parser.add_argument("--quick", action="store_true", help="short runs: a smoke test")
+    args = parser.parse_args(argv)
+    if args.quick:
+        args.duration = 1.0
+    levels = [int(c) for c in args.concurrency.split(",")]
+    client = "wrk" if shutil.which("wrk") else "python (bench.load; wrk not installed)"
+    points = []
+    with _server(args.pin_server) as (url, pid), tempfile.TemporaryDirectory() as tmp:
+        targets: list[tuple[str, str, bytes | None]] = [("healthz", "/healthz", None), ("models", "/v1/models", None)]
+        targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in SIZES]
+        for name, path, body in targets:
+            for concurrency in levels:
+                before = _cpu_seconds(pid)
+                load = _load(url + path, body, concurrency, args.duration, args.pin_client, Path(tmp))
+                cpu = _cpu_seconds(pid) - before
+                point: dict[str, Any] = {"target": name, "concurrency": concurrency, **load}
+                point["server_cpu_ms_per_request"] = 1000 * cpu / max(1, load["requests"])
+                points.append(point)
+                print(_line(point), flush=True)
+    decode_ms = {size: _decode_ms(jpeg(size)) for size in SIZES}
+    for point in points:
+        size = point["target"].removeprefix("classify ")
+        if size in decode_ms:
+            point["decode_ms"] = decode_ms[size]
+            point["cpu_over_decode"] = point["server_cpu_ms_per_request"] / decode_ms[size]
+    result = {
+        "command": "python -m bench.ceiling " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "date": datetime.date.today().isoformat(),
+        "machine": _machine(),
+        "client": client,
+        "model": MODEL,
+        "points": points,
+        "decode_resize_normalise_ms": decode_ms,
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "ceiling.json").write_text(json.dumps(result, indent=2) + "\n")
+    _plot(points, args.out / "ceiling.png", result)
+    for point in points:
+        if "cpu_over_decode" in point:
+            print(
+                f"{point['target']} c={point['concurrency']}: server CPU {point['server_cpu_ms_per_request']:.2f} ms"
+                f" per request = {point['cpu_over_decode']:.2f} × decode+resize+normalise ({point['decode_ms']:.2f} ms)"
+            )
+
+
+class _server:
+    """vit-serve with the null model on 127.0.0.1, optionally pinned; yields (url, pid)."""
+
+    def __init__(self, cpus: str | None) -> None:
+        self.cpus = cpus
+
+    def __enter__(self) -> tuple[str, int]:
+        port = _free_port()
+        env = {
+            **os.environ,
+            "VIT_MODEL": MODEL,
+            "VIT_HOST": "127.0.0.1",
+            "VIT_PORT": str(port),
+            "VIT_DEVICE": "cpu",
+            "VIT_MAX_QUEUE_SIZE": "100000",
+            "VIT_LOG_LEVEL": "warning",
+        }
+        cmd = [sys.executable, "-m", "service"]
+        if self.cpus:
+            cmd = ["taskset", "-c", self.cpus, *cmd]
+        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(1200):
+            try:
+                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                    return url, self.proc.pid
+            except httpx.TransportError:
+                pass
+            if self.proc.poll() is not None:
+                break
+            time.sleep(0.1)
+        self.proc.kill()
+        raise RuntimeError("vit-serve did not become ready")
+
+    def __exit__(self, *exc: object) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User and system CPU of a process and its children (the decode processes), from /proc."""
+    total = 0.0
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(entry) == pid or int(fields[1]) == pid:
+            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return total
+
+
+def _load(url: str, body: bytes | None, concurrency: int, seconds: float, cpus: str | None, tmp: Path) -> dict:
+    """requests, requests/s, errors and latency percentiles of one closed-loop run."""
+    if not shutil.which("wrk"):
+        result = closed_loop(url, body or b"", 1, concurrency, warmup_s=0.5, duration_s=seconds)
+        return {
+            "requests": result.requests,
+            "requests_per_s": result.requests / seconds,
+            "errors": result.errors,
+            "p50_ms": result.p50_ms,
+            "p99_ms": result.p99_ms,
+        }
+    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency"]
+    if body is not None:
+        (tmp / "body.jpg").write_bytes(body)
+        script = tmp / "post.lua"
+        script.write_text(
+            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "image/jpeg"\n'
+            f'local f = io.open("{tmp / "body.jpg"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
+        )
+        cmd += ["-s", str(script)]
+    if cpus:
+        cmd = ["taskset", "-c", cpus, *cmd]
+    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
+    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
+    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
+    return {
+        "requests": requests,
+        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
+        "errors": int(errors.group(1)) if errors else 0,
+        "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+        "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
+    }
+
+
+def _ms(text: str) -> float:
+    value, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
+    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
+
+
+def _decode_ms(data: bytes, rounds: int = 5, repeat: int = 200) -> float:
+    """Decode, resize (the server's defaults) and normalise one image in this process: median ms."""
+    import torch
+
+    torch.set_num_threads(1)
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        for _ in range(repeat):
+            normalize(load_image(data, 224, PREPROCESS)[None], PREPROCESS.mean, PREPROCESS.std)
+        times.append((time.perf_counter() - start) / repeat * 1000)
+    return statistics.median(times)
+
+
+def _line(point: dict) -> str:
+    return (
+        f"{point['target']} c={point['concurrency']}: {point['requests_per_s']:.0f} requests/s, "
+        f"p50 {point['p50_ms']:.2f} ms, p99 {point['p99_ms']:.2f} ms, errors {point['errors']}, "
+        f"server CPU {point['server_cpu_ms_per_request']:.3f} ms/request"
+    )
+
+
+def _machine() -> dict[str, Any]:
+    lines = Path("/proc/cpuinfo").read_text().splitlines()
+    model = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.processor())
+    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version()}
+
+
+def _plot(points: list[dict], path: Path, result: dict) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 4))
+    labels = [f"{p['target']}\nc={p['concurrency']}" for p in points]
+    ax.bar(range(len(points)), [p["requests_per_s"] for p in points])
+    ax.set_xticks(range(len(points)), labels, fontsize=7)
+    ax.set_ylabel("requests/s")
+    ax.set_title(f"vit-serve serving ceiling ({MODEL}), {result['machine']['cpu']}, {result['date']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()
