@@ -64,11 +64,14 @@ def main(argv: list[str] | None = None) -> None:
         targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in SIZES]
         for name, path, body in targets:
             for concurrency in levels:
-                before = _cpu_seconds(pid)
+                main_before, decode_before = _cpu_seconds(pid)
                 load = _load(url + path, body, concurrency, args.duration, args.pin_client, Path(tmp))
-                cpu = _cpu_seconds(pid) - before
+                main_after, decode_after = _cpu_seconds(pid)
+                per_request = 1000 / max(1, load["requests"])
                 point: dict[str, Any] = {"target": name, "concurrency": concurrency, **load}
-                point["server_cpu_ms_per_request"] = 1000 * cpu / max(1, load["requests"])
+                used = main_after - main_before + decode_after - decode_before
+                point["server_cpu_ms_per_request"] = per_request * used
+                point["decode_processes_cpu_ms_per_request"] = per_request * (decode_after - decode_before)
                 points.append(point)
                 print(_line(point), flush=True)
     decode_ms = {size: _decode_ms(jpeg(size)) for size in SIZES}
@@ -113,6 +116,10 @@ class _server:
             "VIT_DEVICE": "cpu",
             "VIT_MAX_QUEUE_SIZE": "100000",
             "VIT_LOG_LEVEL": "warning",
+            # One intra-op thread: the null model's forward pass stays near zero. On two, libgomp's
+            # workers spin-wait after each of its tiny parallel regions, which doubled the server's
+            # CPU per request here: a cost of torch's thread team, not of serving.
+            "OMP_NUM_THREADS": "1",
         }
         cmd = [sys.executable, "-m", "service"]
         if self.cpus:
@@ -136,9 +143,9 @@ class _server:
         self.proc.wait(60)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User and system CPU of a process and its children (the decode processes), from /proc."""
-    total = 0.0
+def _cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds of a process, and of its children (the decode processes), from /proc."""
+    main = children = 0.0
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
@@ -147,9 +154,12 @@ def _cpu_seconds(pid: int) -> float:
                 fields = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(entry) == pid or int(fields[1]) == pid:
-            total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-    return total
+        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        if int(entry) == pid:
+            main += seconds
+        elif int(fields[1]) == pid:
+            children += seconds
+    return main, children
 
 
 def _load(url: str, body: bytes | None, concurrency: int, seconds: float, cpus: str | None, tmp: Path) -> dict:
@@ -209,7 +219,8 @@ def _line(point: dict) -> str:
     return (
         f"{point['target']} c={point['concurrency']}: {point['requests_per_s']:.0f} requests/s, "
         f"p50 {point['p50_ms']:.2f} ms, p99 {point['p99_ms']:.2f} ms, errors {point['errors']}, "
-        f"server CPU {point['server_cpu_ms_per_request']:.3f} ms/request"
+        f"server CPU {point['server_cpu_ms_per_request']:.3f} ms/request "
+        f"({point['decode_processes_cpu_ms_per_request']:.3f} in decode processes)"
     )
 
 

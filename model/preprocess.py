@@ -266,10 +266,12 @@ def normalize(
     batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype | None = None
 ) -> torch.Tensor:
     """uint8 (B, 3, S, S) on any device -> (x/255 - mean) / std in `dtype` (default float32),
-    computed in float32."""
+    computed in float32 as x · 1/(255·std) - mean/std, in place on one float copy: for a batch of
+    16 at 224×224, 27× faster than four broadcast passes, equal within 5e-7 (docs/BENCHMARKS.md)."""
     import torch  # on use: see the module docstring
 
-    dtype = dtype or torch.float32
     m = torch.tensor(mean, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1)
     s = torch.tensor(std, device=batch.device, dtype=torch.float32).view(1, 3, 1, 1)
-    return ((batch.float() / 255 - m) / s).to(dtype)
+    out = batch.to(torch.float32)
+    out.mul_(1 / (255 * s)).sub_(m / s)
+    return out.to(dtype or torch.float32)
