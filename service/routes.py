@@ -57,7 +57,9 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 router = APIRouter()
 
 
-def get_state(request: Request) -> ServiceState:
+async def get_state(request: Request) -> ServiceState:
+    """Async, like every dependency here: FastAPI runs a plain `def` dependency on a worker
+    thread, a hop per request."""
     return request.app.state.service  # type: ignore[no-any-return]
 
 
