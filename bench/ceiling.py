@@ -165,7 +165,7 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
 def _load(url: str, body: bytes | None, concurrency: int, seconds: float, cpus: str | None, tmp: Path) -> dict:
     """requests, requests/s, errors and latency percentiles of one closed-loop run."""
     if not shutil.which("wrk"):
-        result = closed_loop(url, body or b"", 1, concurrency, warmup_s=0.5, duration_s=seconds)
+        result = closed_loop(url, body, 1, concurrency, warmup_s=0.0, duration_s=seconds, content_type="image/jpeg")
         return {
             "requests": result.requests,
             "requests_per_s": result.requests / seconds,

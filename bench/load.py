@@ -29,8 +29,14 @@ class LoadResult:
 
 
 def _client_process(
-    url: str, body: bytes, headers: dict[str, str], clients: int, warmup_s: float, duration_s: float, out: mp.Queue
-) -> None:  # type: ignore[type-arg]
+    url: str,
+    body: bytes | None,
+    headers: dict[str, str],
+    clients: int,
+    warmup_s: float,
+    duration_s: float,
+    out: mp.Queue,  # type: ignore[type-arg]
+) -> None:
     async def run() -> tuple[list[float], int]:
         latencies: list[float] = []
         errors = 0
@@ -43,7 +49,11 @@ def _client_process(
                 nonlocal errors
                 while (now := time.perf_counter()) < stop_at:
                     try:
-                        ok = (await client.post(url, content=body, headers=headers)).status_code == 200
+                        if body is None:
+                            response = await client.get(url)
+                        else:
+                            response = await client.post(url, content=body, headers=headers)
+                        ok = response.status_code == 200
                     except httpx.HTTPError:
                         ok = False
                     if now >= measure_from:
@@ -58,20 +68,22 @@ def _client_process(
 
 def closed_loop(
     url: str,
-    body: bytes,
+    body: bytes | None,
     images_per_request: int,
     concurrency: int,
     *,
     warmup_s: float = 1.0,
     duration_s: float = 5.0,
     processes: int = 4,
+    content_type: str = "application/json",
 ) -> LoadResult:
-    """Measure throughput and latency at a fixed number of clients, after a warm-up."""
+    """Measure throughput and latency at a fixed number of clients, after a warm-up; each posts
+    `body` (as `content_type`), or GETs `url` when `body` is None."""
     processes = max(1, min(processes, concurrency))
     share = [concurrency // processes + (i < concurrency % processes) for i in range(processes)]
     ctx = mp.get_context("spawn")
     queue: mp.Queue = ctx.Queue()  # type: ignore[type-arg]
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": content_type}
     workers = [
         ctx.Process(target=_client_process, args=(url, body, headers, n, warmup_s, duration_s, queue)) for n in share
     ]
