@@ -192,6 +192,12 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     return Image.fromarray(out.reshape(array.shape))
 
 
+def shorter_side(size: int, cfg: PreprocessConfig) -> int:
+    """The side `resize` scales an image's shorter side to: S, or S / crop_pct before a crop
+    (timm's floor, so crop_pct=1 means no resampling at S)."""
+    return size if cfg.resize_mode == "squash" else int(size / cfg.crop_pct)
+
+
 def resize(image: Image.Image, size: int, cfg: PreprocessConfig) -> Image.Image:
     """`squash` to S×S, or `crop`: shorter side to S / crop_pct then the centre S×S.
 
@@ -209,7 +215,7 @@ def resize(image: Image.Image, size: int, cfg: PreprocessConfig) -> Image.Image:
         if size * height > max(width * height, _MAX_INTERMEDIATE_PIXELS):  # tall and narrow: vertical first
             image = image.resize((width, size), resample)
         return image.resize((size, size), resample)
-    scale_to = int(size / cfg.crop_pct)  # timm's floor, so crop_pct=1 means no resampling at S
+    scale_to = shorter_side(size, cfg)
     if width <= height:
         new_w, new_h = scale_to, max(size, round(height * scale_to / width))
     else:
@@ -238,12 +244,13 @@ def decode_image(
 
     With `draft`, a JPEG at least twice the size the resize needs is decoded at 1/2, 1/4 or 1/8
     of its size by libjpeg's DCT scaling (never below twice that size): a 12-megapixel photo
-    decodes ~9× faster, its pixels within a few levels of 255 of a full decode once resized.
+    decodes 7.3× faster (docs/BENCHMARKS.md), its pixels within a few levels of 255 of a full
+    decode once resized.
     """
     image = open_image(data, max_pixels)
     if draft and image.format == "JPEG":
-        needed = size if cfg.resize_mode == "squash" else int(size / cfg.crop_pct)
-        image.draft(None, (2 * needed, 2 * needed))  # square: the same whatever the EXIF orientation
+        needed = 2 * shorter_side(size, cfg)
+        image.draft(None, (needed, needed))  # square: the same whatever the EXIF orientation
     try:
         image = resize(to_rgb(image), size, cfg)
         return np.array(image, dtype=np.uint8)  # a copy of its own: writable, C-contiguous

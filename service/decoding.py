@@ -37,8 +37,14 @@ from model.preprocess import ImageError, ImageTooLarge, PreprocessConfig, Unsupp
 
 log = logging.getLogger(__name__)
 
-_READY, _PIXELS, _TOO_LARGE, _FORMAT, _INVALID = b"R", b"P", b"L", b"F", b"E"
-_ERRORS: dict[bytes, type[ImageError]] = {_TOO_LARGE: ImageTooLarge, _FORMAT: UnsupportedImageFormat}
+_READY, _PIXELS = b"R", b"P"
+# The one-byte answer for each kind of refusal, most specific first: the process writes it, the
+# service raises the same kind again.
+_REFUSALS: tuple[tuple[bytes, type[ImageError]], ...] = (
+    (b"L", ImageTooLarge),
+    (b"F", UnsupportedImageFormat),
+    (b"E", ImageError),
+)
 _SEND_IN_THREAD = 1 << 20  # larger bodies are written to the pipe off the event loop
 
 
@@ -159,7 +165,8 @@ class _Worker:
         job_read, job_write = os.pipe()
         result_read, result_write = os.pipe()
         self.shared = os.memfd_create("vit-decode-pixels")
-        os.ftruncate(self.shared, math.prod(pool.shape))
+        size = math.prod(pool.shape)
+        os.ftruncate(self.shared, size)
         fds = (job_read, result_write, self.shared)
         # This interpreter, this package's own module, fixed arguments, no shell:
         self.process = subprocess.Popen(  # nosec B603
@@ -169,7 +176,7 @@ class _Worker:
         )
         os.close(job_read)
         os.close(result_write)
-        self.pixels = np.frombuffer(mmap.mmap(self.shared, math.prod(pool.shape)), np.uint8).reshape(pool.shape)
+        self.pixels = np.frombuffer(mmap.mmap(self.shared, size), np.uint8).reshape(pool.shape)
         self.jobs = Connection(job_write, readable=False)
         self.results = result_read
         self.inbox = bytearray()  # what has arrived of the process's next answers
@@ -229,7 +236,8 @@ class _Worker:
             if status == _PIXELS:
                 job.set_result(self.pixels.copy())  # before the buffer is reused by the next image
             else:
-                job.set_exception(_ERRORS.get(status, ImageError)(message[1:].decode("utf-8", "replace")))
+                kind = next((kind for code, kind in _REFUSALS if code == status), ImageError)
+                job.set_exception(kind(message[1:].decode("utf-8", "replace")))
         self.pool._ready(self)
 
     def kill(self, error: ImageError) -> None:
@@ -271,14 +279,9 @@ def _serve(job_fd: int, result_fd: int, shared_fd: int, config: str) -> None:
             return  # the service closed the pipe
         try:
             pixels = decode_image(data, size, preprocess, max_pixels, settings["draft"])
-        except ImageTooLarge as exc:
-            results.send_bytes(_TOO_LARGE + str(exc).encode())
-        except UnsupportedImageFormat as exc:
-            results.send_bytes(_FORMAT + str(exc).encode())
-        except ImageError as exc:
-            results.send_bytes(_INVALID + str(exc).encode())
-        except MemoryError:
-            results.send_bytes(_TOO_LARGE + b"decoding this image needs more memory than allowed")
+        except ImageError as exc:  # decode_image turns a MemoryError into ImageTooLarge itself
+            code = next(code for code, kind in _REFUSALS if isinstance(exc, kind))
+            results.send_bytes(code + str(exc).encode())
         else:
             shared[...] = pixels
             results.send_bytes(_PIXELS)

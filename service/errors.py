@@ -38,6 +38,12 @@ class RequestTimeout(ServiceError):
     status, type, reason = 408, "request_timeout", "request_timeout"
 
 
+class HeadersTooLarge(ServiceError):
+    """A request head over VIT_MAX_HEADER_BYTES or VIT_MAX_HEADERS (answered by the HTTP server)."""
+
+    status, type, reason = 431, "request_header_fields_too_large", "too_large"
+
+
 class PayloadTooLarge(ServiceError):
     status, type, reason = 413, "payload_too_large", "too_large"
 
@@ -86,10 +92,15 @@ class MethodNotAllowed(ServiceError):
     status, type, reason = 405, "method_not_allowed", "method_not_allowed"
 
 
-def invalid_parameter(errors: Sequence[Mapping[str, Any]]) -> InvalidParameter:
-    """pydantic's validation errors (of query, header or body parameters) as one 422 naming the first."""
+def first_error(errors: Sequence[Mapping[str, Any]]) -> str:
+    """pydantic's validation errors as one line naming the first: "where: what"."""
     first = errors[0] if errors else {"loc": (), "msg": "invalid parameter"}
     where = ".".join(str(p) for p in first["loc"] if p not in ("query", "body", "header"))
     where = where[:100]  # it may hold a client's (unknown) key
     message = str(first["msg"]).removeprefix("Value error, ")
-    return InvalidParameter(f"{where}: {message}" if where else message)
+    return f"{where}: {message}" if where else message
+
+
+def invalid_parameter(errors: Sequence[Mapping[str, Any]]) -> InvalidParameter:
+    """pydantic's validation errors (of query, header or body parameters) as one 422 naming the first."""
+    return InvalidParameter(first_error(errors))

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__, schemas
 from service.engine import Engine
-from service.errors import InvalidRequest, UnsupportedMediaType
+from service.errors import InvalidRequest, UnsupportedMediaType, first_error
 from service.inputs import check_image_count, decode_base64, load_json, parse_off_loop, read_body
 from service.params import parse_count
 from service.routes import (
@@ -42,7 +42,7 @@ INPUTS = {"BYTES": "image", "UINT8": "pixels", "FP32": "pixel_values"}
 router = APIRouter(
     prefix="/v2",
     tags=["Open Inference Protocol v2"],
-    responses={code: {"model": schemas.V2Error} for code in (400, 401, 404, 413, 415, 422, 500, 503, 504)},
+    responses={code: {"model": schemas.V2Error} for code in (400, 401, 404, 408, 413, 415, 422, 500, 503, 504)},
 )
 
 
@@ -190,9 +190,7 @@ def _infer_request(header: bytes, max_values: int) -> InferRequest:
     try:
         return InferRequest.model_validate(load_json(header, max_values))
     except ValidationError as exc:
-        first = exc.errors()[0]
-        where = ".".join(str(p) for p in first["loc"])[:100]
-        raise InvalidRequest(f"invalid inference request: {where}: {first['msg']}") from None
+        raise InvalidRequest(f"invalid inference request: {first_error(exc.errors())}") from None
 
 
 def _flag(parameters: dict[str, Any] | None, name: str, default: bool = False) -> bool:

@@ -14,7 +14,6 @@ cap rather than the process's 1,024 descriptors, and the kubelet's probes still 
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import resource
 from http import HTTPStatus
@@ -24,6 +23,8 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
+from service.app import error_response
+from service.errors import HeadersTooLarge, InvalidRequest, Overloaded, RequestTimeout, ServiceError
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -68,7 +69,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().connection_made(transport)
         self.head_timer: asyncio.TimerHandle | None = None
         self.head_pending, self.head_bytes, self.header_count = True, 0, 0
-        self.refusal: tuple[int, str, str] | None = None
+        self.refusal: ServiceError | None = None
         self.past_capacity = len(self.connections) > self.settings.max_connections
         if self.past_capacity:
             self.past_cap[self] = None
@@ -88,11 +89,13 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         so that an oversized head is refused without being held."""
         limit = self.settings.max_header_bytes
         while self.head_pending and data and not self.transport.is_closing():
-            piece, data = data[: limit - self.head_bytes + 1], data[limit - self.head_bytes + 1 :]
+            room = limit - self.head_bytes + 1
+            piece, data = data[:room], data[room:]
             self.head_bytes += len(piece)
             super().data_received(piece)
             if self.head_pending and self.head_bytes > limit and not self.transport.is_closing():
-                self._refuse(431, "request_header_fields_too_large", f"the request head is over {limit} bytes")
+                log.warning("refused a request head over %d bytes", limit)
+                self._respond(HeadersTooLarge(f"the request head is over {limit} bytes"))
                 return
         if data and not self.transport.is_closing():
             super().data_received(data)
@@ -100,7 +103,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self.header_count += 1
         if self.header_count > self.settings.max_headers:
-            self.refusal = (431, "request_header_fields_too_large", f"over {self.settings.max_headers} header fields")
+            self.refusal = HeadersTooLarge(f"over {self.settings.max_headers} header fields")
             raise ValueError("too many headers")  # stops the parser: see send_400_response
         super().on_header(name, value)
 
@@ -109,7 +112,7 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self._cancel_head_timer()
         self.past_cap.pop(self, None)
         if self.past_capacity and httptools.parse_url(self.url).path not in PROBES:
-            self.refusal = (503, "overloaded", "too many open connections; retry shortly")
+            self.refusal = Overloaded("too many open connections; retry shortly")
             raise ValueError("past capacity")
         super().on_headers_complete()
 
@@ -126,24 +129,16 @@ class BoundedHttpProtocol(HttpToolsProtocol):
 
     def send_400_response(self, msg: str) -> None:
         """Where uvicorn answers a request it cannot parse (or one refused above): JSON, then close."""
-        status, kind, message = self.refusal or (400, "invalid_request", "malformed HTTP request")
-        self._respond(status, kind, message)
+        self._respond(self.refusal or InvalidRequest("malformed HTTP request"))
 
-    def _refuse(self, status: int, kind: str, message: str) -> None:
-        log.warning("refused a connection's request head: %s", message)
-        self._respond(status, kind, message)
-
-    def _respond(self, status: int, kind: str, message: str) -> None:
-        body = json.dumps({"error": {"type": kind, "message": message}}).encode()
-        head = [
-            f"HTTP/1.1 {status} {HTTPStatus(status).phrase}",
-            "content-type: application/json",
-            f"content-length: {len(body)}",
-            "connection: close",
-        ]
-        if status == 503:
-            head.append("retry-after: 1")
-        self.transport.write(("\r\n".join(head) + "\r\n\r\n").encode() + body)
+    def _respond(self, error: ServiceError) -> None:
+        """The service's own error response (app.error_response), written by hand: no request
+        reached the app. The connection closes after it."""
+        response = error_response(error, "")
+        head = [f"HTTP/1.1 {error.status} {HTTPStatus(error.status).phrase}".encode()]
+        head += [name + b": " + value for name, value in response.raw_headers]
+        head.append(b"connection: close")
+        self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + response.body)
         self.transport.close()
 
     def _arm_head_timer(self) -> None:
@@ -162,6 +157,6 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         if self.transport.is_closing() or not self.head_pending:
             return
         if self.head_bytes:
-            self._respond(408, "request_timeout", "the request head did not arrive in time")
+            self._respond(RequestTimeout("the request head did not arrive in time"))
         else:
             self.transport.close()
