@@ -35,6 +35,7 @@ from typing import Any
 import httpx
 
 from bench.load import closed_loop
+from bench.procfs import process_tree
 from bench.systems import _free_port
 from bench.workload import jpeg
 from model.preprocess import PreprocessConfig, load_image, normalize
@@ -144,20 +145,13 @@ class _server:
 
 
 def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process, and of its children (the decode processes), from /proc."""
+    """User and system CPU seconds of a process, and of its children (the decode processes)."""
     main = children = 0.0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
+    for process, fields in process_tree(pid):
         seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        if int(entry) == pid:
+        if process == pid:
             main += seconds
-        elif int(fields[1]) == pid:
+        else:
             children += seconds
     return main, children
 

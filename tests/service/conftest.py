@@ -11,6 +11,7 @@ import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import httpx
 import torch
@@ -128,6 +129,29 @@ def start_server(port: int, **env: str) -> subprocess.Popen[str]:
     """`python -m service` in its own process on 127.0.0.1:port, with VIT_* variables from `env`."""
     environ = {**os.environ, "VIT_HOST": "127.0.0.1", "VIT_PORT": str(port), **env}
     return subprocess.Popen([sys.executable, "-m", "service"], env=environ, stderr=subprocess.PIPE, text=True)
+
+
+@dataclass
+class ServerProcess:
+    url: str
+    port: int
+    proc: subprocess.Popen[str]
+    log: str = ""  # its stderr, once it has exited
+
+
+@contextlib.contextmanager
+def server_process(**env: str) -> Iterator[ServerProcess]:
+    """`python -m service` on a free port with these VIT_* variables, once ready; killed at the end
+    if it is still running, and its log kept."""
+    port = free_port()
+    server = ServerProcess(f"http://127.0.0.1:{port}", port, start_server(port, **env))
+    try:
+        wait_ready(server.url, server.proc)
+        yield server
+    finally:
+        if server.proc.poll() is None:
+            server.proc.kill()
+        server.log = server.proc.communicate(timeout=60)[1]
 
 
 def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 120) -> None:

@@ -20,8 +20,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from bench.procfs import process_tree
 from tests.service import bombs
-from tests.service.conftest import free_port, start_server, wait_ready
+from tests.service.conftest import server_process
 
 MiB = 1 << 20
 DECODE_MEMORY = 256 * MiB
@@ -51,18 +52,7 @@ class Server:
 
 def tree_rss(pid: int) -> int:
     """Resident memory of a process and its children (the decode processes), in bytes."""
-    total = 0
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
-            if int(entry) == pid or int(fields[1]) == pid:
-                total += int(fields[21]) * os.sysconf("SC_PAGE_SIZE")
-        except (FileNotFoundError, ProcessLookupError, IndexError):
-            continue
-    return total
+    return sum(int(fields[21]) for _, fields in process_tree(pid)) * os.sysconf("SC_PAGE_SIZE")
 
 
 def classify(client: httpx.Client) -> float:
@@ -74,20 +64,13 @@ def classify(client: httpx.Client) -> float:
 
 @pytest.fixture(scope="module")
 def server() -> Iterator[Server]:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(port, **ENV)
-    try:
-        wait_ready(url, proc)
-        with httpx.Client(base_url=url, timeout=30) as client:
+    with server_process(**ENV) as running:
+        with httpx.Client(base_url=running.url, timeout=30) as client:
             for _ in range(20):
                 classify(client)  # warm-up
             canary = statistics.median(classify(client) for _ in range(20))
         time.sleep(0.5)
-        yield Server(url, proc.pid, canary, tree_rss(proc.pid))
-    finally:
-        proc.terminate()
-        proc.communicate(timeout=60)
+        yield Server(running.url, running.proc.pid, canary, tree_rss(running.proc.pid))
 
 
 @dataclass

@@ -12,7 +12,7 @@ import time
 import httpx
 
 from tests.images import encode, gradient
-from tests.service.conftest import free_port, start_server, wait_ready
+from tests.service.conftest import server_process
 
 PNG = encode(gradient(64, 64), "PNG")
 # A model slow enough on the CPU (tens of ms a pass) that requests are still queued at SIGTERM.
@@ -39,11 +39,8 @@ async def queue_then_sigterm(url: str, proc, n: int) -> tuple[list[httpx.Respons
 
 
 def test_sigterm_drains_and_logs_carry_request_ids() -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(port, **SLOW, VIT_SHUTDOWN_TIMEOUT_S="60")
-    try:
-        wait_ready(url, proc)
+    with server_process(**SLOW, VIT_SHUTDOWN_TIMEOUT_S="60") as server:
+        url, proc = server.url, server.proc
         tagged = httpx.post(
             f"{url}/v1/classify",
             content=PNG,
@@ -57,41 +54,28 @@ def test_sigterm_drains_and_logs_carry_request_ids() -> None:
         assert [r.status_code for r in responses] == [200] * 32  # every accepted request answered
         # uvicorn re-raises the SIGTERM it caught once its graceful shutdown is complete
         assert proc.wait(60) in (0, -signal.SIGTERM)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _, logs = proc.communicate(timeout=30)
-    assert "[trace-me-42] POST /v1/classify 200" in logs
-    assert "drained the queue" in logs
+    assert "[trace-me-42] POST /v1/classify 200" in server.log
+    assert "drained the queue" in server.log
 
 
 def test_shutdown_is_bounded_by_the_timeout() -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(port, **SLOW, VIT_SHUTDOWN_TIMEOUT_S="1")
-    try:
-        wait_ready(url, proc)
-        responses, seen = asyncio.run(queue_then_sigterm(url, proc, 200))  # far more than 1 s of work
+    with server_process(**SLOW, VIT_SHUTDOWN_TIMEOUT_S="1") as server:
+        proc = server.proc
+        responses, seen = asyncio.run(queue_then_sigterm(server.url, proc, 200))  # far more than 1 s of work
         assert proc.wait(30) in (0, -signal.SIGTERM)
         assert time.monotonic() - float(seen["sent"]) < 1 + 2.5  # the drain's bound, uvicorn's second, the exit
         statuses = {r.status_code for r in responses}
         assert statuses <= {200, 503} and 503 in statuses  # each got exactly one answer, none a 5xx crash
         assert all(r.json()["error"]["type"] == "not_ready" for r in responses if r.status_code == 503)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        _, logs = proc.communicate(timeout=30)
-    assert "shutdown timeout" in logs
+    assert "shutdown timeout" in server.log
 
 
 def test_a_body_still_arriving_at_shutdown_gets_a_json_503() -> None:
     """uvicorn cancels what is unanswered when it stops; that request gets 503 not_ready, not a
     plain-text 500, and the whole shutdown fits in VIT_SHUTDOWN_TIMEOUT_S plus a second or so."""
-    port = free_port()
-    proc = start_server(port, VIT_MODEL="vit_test_tiny", VIT_SHUTDOWN_TIMEOUT_S="1", VIT_REQUEST_TIMEOUT_S="60")
-    try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
-        with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
+    with server_process(VIT_MODEL="vit_test_tiny", VIT_SHUTDOWN_TIMEOUT_S="1", VIT_REQUEST_TIMEOUT_S="60") as server:
+        proc = server.proc
+        with socket.create_connection(("127.0.0.1", server.port), timeout=30) as sock:
             sock.sendall(
                 b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 1000\r\n\r\n"
             )
@@ -107,18 +91,11 @@ def test_a_body_still_arriving_at_shutdown_gets_a_json_503() -> None:
         assert json.loads(body)["error"]["type"] == "not_ready"
         assert proc.wait(30) in (0, -signal.SIGTERM)
         assert time.monotonic() - sent < 1 + 2.5  # the drain's bound, uvicorn's second, and the exit
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=30)
 
 
 def test_a_second_signal_exits_at_once() -> None:
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    proc = start_server(port, **SLOW, VIT_SHUTDOWN_TIMEOUT_S="60")
-    try:
-        wait_ready(url, proc)
+    with server_process(**SLOW, VIT_SHUTDOWN_TIMEOUT_S="60") as server:
+        url, proc = server.url, server.proc
 
         async def load_then_two_signals() -> float:
             async with httpx.AsyncClient(base_url=url, timeout=60, limits=httpx.Limits(max_connections=80)) as client:
@@ -135,10 +112,6 @@ def test_a_second_signal_exits_at_once() -> None:
                 return exited
 
         assert asyncio.run(load_then_two_signals()) < 1.5
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-        proc.communicate(timeout=30)
 
 
 async def until_queued(client: httpx.AsyncClient, n: int) -> None:
