@@ -1,4 +1,4 @@
-"""Architecture description of a Vision Transformer and the named presets of SPEC §1."""
+"""Architecture description of a Vision Transformer and its named presets (docs/API.md, Model)."""
 
 from __future__ import annotations
 

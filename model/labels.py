@@ -1,4 +1,4 @@
-"""Class labels in the order of SPEC §2: a labels file, the checkpoint's own, ImageNet-1k, indices.
+"""Class labels, in docs/API.md's order (`VIT_LABELS`): a labels file, the checkpoint's own, ImageNet-1k, indices.
 
 `data/imagenet1k_labels.txt` holds the 1,000 ImageNet-1k class names in index order, as
 WordNet lemma lists ("tench, Tinca tinca"), the same strings as the `id2label` of Google's
@@ -43,7 +43,7 @@ def read_labels_file(path: str | Path) -> list[str]:
 def resolve_labels(
     num_classes: int, labels_file: str | Path | None = None, checkpoint_labels: list[str] | None = None
 ) -> list[str]:
-    """The labels for a head of `num_classes`, by SPEC §2's order of precedence."""
+    """The labels for a head of `num_classes`, by docs/API.md's order of precedence."""
     if labels_file is not None:
         labels = read_labels_file(labels_file)
         if len(labels) != num_classes:

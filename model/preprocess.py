@@ -1,4 +1,4 @@
-"""Image bytes -> uint8 pixels, per SPEC §3; normalisation runs later, on the device.
+"""Image bytes -> uint8 pixels (docs/API.md, Preprocessing); normalisation runs later, on the device.
 
 Decoding is limited to an allow-list of formats, and everything that would make a small file
 cost much is refused from its headers before any pixel is decoded: the pixel count, TIFF tiles
@@ -89,7 +89,7 @@ class PreprocessConfig:
         return cls(**fields)
 
 
-# Defaults by checkpoint format (SPEC §3); HF directories read preprocessor_config.json.
+# Defaults by checkpoint format (docs/API.md, Settings); HF directories read preprocessor_config.json.
 GOOGLE_DEFAULTS = PreprocessConfig(resize_mode="squash", interpolation="bilinear")
 TIMM_DEFAULTS = PreprocessConfig(resize_mode="crop", crop_pct=0.9, interpolation="bicubic")
 HF_DEFAULTS = PreprocessConfig(resize_mode="squash", interpolation="bilinear")

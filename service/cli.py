@@ -13,11 +13,12 @@ from pydantic import ValidationError
 
 from model.checkpoints import CheckpointError
 from model.labels import LabelsError
-from service.app import configure_logging, create_app, drain
+from service.app import create_app
 from service.engine import Engine
-from service.server import raise_fd_limit, server_config
+from service.http.server import raise_fd_limit, server_config
+from service.lifecycle import ServiceState, drain
+from service.logs import configure_logging
 from service.settings import Settings, UnknownSetting, describe_error
-from service.state import ServiceState
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -72,7 +73,7 @@ class DrainingServer(uvicorn.Server):
     While the queue empties, readiness answers 503 `draining` (so load balancers stop sending)
     and requests that still arrive get 503 `not_ready` rather than a refused connection. Then
     uvicorn gives what is still unanswered (a body still arriving) one second before it cancels
-    it, which answers it 503 too (see app.RequestContext): the whole shutdown takes at most
+    it, which answers it 503 too (see service/http/middleware.py): the whole shutdown takes at most
     VIT_SHUTDOWN_TIMEOUT_S and about a second. A second signal exits at once.
     """
 

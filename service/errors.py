@@ -1,4 +1,4 @@
-"""The service's errors (SPEC §4): one hierarchy, each with its status, type and rejection reason."""
+"""The service's errors (docs/API.md, Errors): one hierarchy, each with its status, type and rejection reason."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Request bodies -> image bytes and parameters (SPEC §4's three input forms), within limits.
+"""Request bodies -> image bytes and parameters (docs/API.md, Sending images), within limits.
 
 The body is read as a stream, within the request's deadline, and refused with 413 as soon as
 it passes the limit, so an oversized upload is never held in memory whole. Counts are checked

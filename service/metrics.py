@@ -1,4 +1,4 @@
-"""Prometheus metrics of SPEC §4, in a registry of their own per app (tests run several apps)."""
+"""Prometheus metrics (docs/API.md, Metrics), in a registry of their own per app (tests run several apps)."""
 
 from __future__ import annotations
 

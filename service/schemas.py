@@ -1,4 +1,4 @@
-"""Response shapes of SPEC §4, for the OpenAPI schema and the clients generated from it."""
+"""Response shapes (docs/API.md, Endpoints), for the OpenAPI schema and the clients generated from it."""
 
 from __future__ import annotations
 

@@ -1,4 +1,5 @@
-"""All service settings (SPEC §5): `VIT_*` environment variables, a `.env` file, or CLI flags."""
+"""All service settings (docs/API.md, Settings): `VIT_*` environment variables, a `.env` file, or
+CLI flags; and `Resolved`, every default that depends on the hardware, decided in one place."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import difflib
 import os
 import re
 from collections.abc import Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -131,10 +133,27 @@ class Settings(BaseSettings):
             )
         return self
 
-    @property
-    def decoders(self) -> int:
-        """Decode processes: one a core, and at least two, so that one request can never hold them all."""
-        return self.decode_processes or max(2, os.cpu_count() or 1)
+    def resolve(self, device_type: str, cores: int | None = None) -> Resolved:
+        """The defaults left open above, for a model on `device_type` ("cpu", "cuda") on a host
+        of `cores` cores (default: this one's)."""
+        cuda = device_type == "cuda"
+        max_batch_size = self.max_batch_size or (256 if cuda else 32)
+        return Resolved(
+            max_batch_size=max_batch_size,
+            max_queue_size=self.max_queue_size or 16 * max_batch_size,
+            decode_processes=self.decode_processes or max(2, cores or os.cpu_count() or 1),
+            compile=cuda if self.compile is None else self.compile,
+        )
+
+
+@dataclass(frozen=True)
+class Resolved:
+    """The settings whose defaults depend on the device and the host, resolved."""
+
+    max_batch_size: int  # 32 on the CPU, 256 on CUDA
+    max_queue_size: int  # 16 batches
+    decode_processes: int  # one a core, and at least two, so that one request can never hold them all
+    compile: bool  # torch.compile on CUDA only
 
 
 def check_known(variables: Mapping[str, str | None]) -> None:

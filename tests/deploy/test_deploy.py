@@ -18,7 +18,7 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from service.server import SERVER_GRACE_S
+from service.http.server import SERVER_GRACE_S
 from service.settings import Settings
 from tests.service.conftest import serve, tiny_settings
 

@@ -47,7 +47,7 @@ def test_compiled_buckets_and_hidden_states_on_the_gpu() -> None:
     engine.warmup(4)
     images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(3)]
     with torch._dynamo.config.patch(error_on_recompile=True):
-        out = engine.thread.submit(lambda: engine.forward(engine.stage(images))).result()
+        out = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images))).result()
     assert out.embeddings.shape == (3, 48)
-    hidden = engine.thread.submit(lambda: engine.forward(engine.stage(images), [-2])).result().hidden[-2]
+    hidden = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images), [-2])).result().hidden[-2]
     assert hidden.shape == (3, 17, 48) and hidden.device.type == "cpu"

@@ -1,4 +1,4 @@
-"""Label precedence of SPEC §2."""
+"""Label precedence (docs/API.md, Settings: `VIT_LABELS`)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""SPEC §3: decoding, orientation, colour modes, resize modes, normalisation, and HF's processor."""
+"""docs/API.md, Preprocessing: decoding, orientation, colour modes, resize modes, normalisation, and HF's processor."""
 
 from __future__ import annotations
 

@@ -19,9 +19,8 @@ import uvicorn
 from fastapi import FastAPI
 
 from service.app import create_app
-from service.batching import BatchOutput
-from service.engine import Engine
-from service.server import server_config
+from service.engine import BatchOutput, Engine
+from service.http.server import server_config
 from service.settings import Settings
 
 

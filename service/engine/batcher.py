@@ -20,26 +20,18 @@ import time
 from collections import deque
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import torch
 
+from service.engine.device import BatchOutput
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 Staged = TypeVar("Staged")
-
-
-@dataclass
-class BatchOutput:
-    """Per-image rows of one forward pass, on the CPU."""
-
-    probs: torch.Tensor | None  # (B, classes)
-    embeddings: torch.Tensor  # (B, D)
-    hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, N+1, D), as asked
 
 
 @dataclass(frozen=True)
@@ -301,30 +293,11 @@ class Batcher(Generic[Staged]):
             staged = self._stage([item.image for item in batch])
         layers = sorted({item.layer for item in batch if item.layer is not None})
         start = time.perf_counter()
-        output = self._forward_splitting(staged, len(batch), layers)
+        output = self._forward(staged, layers)
         if self._metrics is not None:
             self._metrics.inference_duration.observe(time.perf_counter() - start)
+            self._metrics.batch_size.observe(len(batch))
         return output, batch
-
-    def _forward_splitting(self, staged: Any, size: int, layers: list[int]) -> BatchOutput:
-        """Run a batch; on out-of-memory, run its halves (recursively) before failing anything."""
-        try:
-            output = self._forward(staged, layers)
-            if self._metrics is not None:
-                self._metrics.batch_size.observe(size)
-            return output
-        except torch.cuda.OutOfMemoryError:
-            if size == 1:
-                raise
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
-            half = size // 2
-            log.warning("out of memory at batch %d: retrying as %d + %d", size, half, size - half)
-            first = self._forward_splitting(staged[:half], half, layers)
-            second = self._forward_splitting(staged[half:], size - half, layers)
-            probs = None if first.probs is None else torch.cat([first.probs, second.probs])  # type: ignore[list-item]
-            hidden = {layer: torch.cat([first.hidden[layer], second.hidden[layer]]) for layer in layers}
-            return BatchOutput(probs, torch.cat([first.embeddings, second.embeddings]), hidden)
 
     # -------------------------------------------------------------------------- metrics
 

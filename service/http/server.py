@@ -23,8 +23,8 @@ import httptools
 import uvicorn
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-from service.app import error_response
 from service.errors import HeadersTooLarge, InvalidRequest, Overloaded, RequestTimeout, ServiceError
+from service.http.error_handlers import error_response
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -35,7 +35,7 @@ _RESERVE = 64  # connections past the cap that may wait for their head (see past
 
 
 # After the drain, what is still unanswered (a body still arriving) gets this long before uvicorn
-# cancels it, which answers it 503 (app.RequestContext): shutdown = drain + this + the exit.
+# cancels it, which answers it 503 (service/http/middleware.py): shutdown = drain + this + the exit.
 SERVER_GRACE_S = 1
 
 

@@ -1,10 +1,11 @@
-"""The model on its device: loading by SPEC §2, staging uint8 batches, and the forward pass.
+"""The model on its device: loading (docs/API.md, Models), staging uint8 batches, the forward
+pass, and what it returns (`BatchOutput`), a batch that runs out of memory split in halves.
 
 Everything that touches torch devices lives here, so the batcher and the routes never see a
 state-dict key or a CUDA stream.
 
 All of an engine's torch work (loading, warm-up, forward passes, and on the CPU staging too)
-runs on one thread of its own, `Engine.thread`. torch's CPU kernels run on libgomp, which gives
+runs on one thread of its own, `Engine.torch_thread`. torch's CPU kernels run on libgomp, which gives
 every thread that opens a parallel region its own team of worker threads; once a process has
 more such workers than cores, libgomp stops spin-waiting between regions and each of the ~100
 regions of a forward pass pays a futex wake-up. `python -m bench.threads` on the 2-core dev VM
@@ -18,7 +19,7 @@ import logging
 import threading
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
 
@@ -29,7 +30,6 @@ from model.config import PRESETS, preset
 from model.labels import resolve_labels
 from model.preprocess import PreprocessConfig, normalize
 from model.vit import VisionTransformer
-from service.batching import BatchOutput
 from service.settings import BUILTIN_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -58,6 +58,15 @@ def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     return torch.float32
 
 
+@dataclass
+class BatchOutput:
+    """Per-image rows of one forward pass, on the CPU."""
+
+    probs: torch.Tensor | None  # (B, classes)
+    embeddings: torch.Tensor  # (B, D)
+    hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, N+1, D), as asked
+
+
 class Engine:
     """One ViT, resident on one device, in inference mode."""
 
@@ -70,7 +79,7 @@ class Engine:
         device: torch.device,
         dtype: torch.dtype,
         compile_model: bool,
-        thread: ThreadPoolExecutor,
+        torch_thread: ThreadPoolExecutor,
     ) -> None:
         self.checkpoint = checkpoint
         self.model_id = model_id
@@ -86,16 +95,16 @@ class Engine:
         self._forward = torch.compile(model, dynamic=False) if compile_model else model
         self.buckets: list[int] = []  # the batch sizes warmed up; a compiled model runs only these
         self._lock = threading.Lock()  # one forward pass at a time, whoever calls
-        self.thread = thread  # the thread it was loaded on: see the module docstring
+        self.torch_thread = torch_thread  # the thread it was loaded on: see the module docstring
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
-        """Load the model SPEC §2 describes for these settings, on the engine's own thread."""
-        thread = ThreadPoolExecutor(1, thread_name_prefix="vit-torch")
-        return thread.submit(cls._load, settings, thread).result()
+        """Load the model these settings name (docs/API.md, Models), on the engine's own thread."""
+        torch_thread = ThreadPoolExecutor(1, thread_name_prefix="vit-torch")
+        return torch_thread.submit(cls._load, settings, torch_thread).result()
 
     @classmethod
-    def _load(cls, settings: Settings, thread: ThreadPoolExecutor) -> Engine:
+    def _load(cls, settings: Settings, torch_thread: ThreadPoolExecutor) -> Engine:
         if settings.checkpoint is not None:
             name = settings.model if settings.model in PRESETS else None
             ckpt = load_checkpoint(settings.checkpoint, name)
@@ -116,7 +125,6 @@ class Engine:
             if getattr(settings, k) is not None
         }
         device = resolve_device(settings.device)
-        compile_model = settings.compile if settings.compile is not None else device.type == "cuda"
         return cls(
             ckpt,
             model_id,
@@ -124,8 +132,8 @@ class Engine:
             replace(ckpt.preprocess, **overrides),
             device,
             resolve_dtype(settings.dtype, device),
-            compile_model,
-            thread,
+            settings.resolve(device.type).compile,
+            torch_thread,
         )
 
     @property
@@ -162,11 +170,27 @@ class Engine:
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor, hidden_layers: Sequence[int] = ()) -> BatchOutput:
         """One forward pass; logits, y and the hidden states asked for come from the same pass.
+        A batch that runs out of device memory is run as two halves (recursively) before
+        anything fails: only a single image that does not fit fails, alone."""
+        try:
+            return self._pass(pixels, hidden_layers)
+        except torch.cuda.OutOfMemoryError:
+            size = len(pixels)
+            if size == 1:
+                raise
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            half = size // 2
+            log.warning("out of memory at batch %d: retrying as %d + %d", size, half, size - half)
+            first, second = self.forward(pixels[:half], hidden_layers), self.forward(pixels[half:], hidden_layers)
+            probs = None if first.probs is None or second.probs is None else torch.cat([first.probs, second.probs])
+            hidden = {layer: torch.cat([first.hidden[layer], second.hidden[layer]]) for layer in hidden_layers}
+            return BatchOutput(probs, torch.cat([first.embeddings, second.embeddings]), hidden)
 
-        A compiled model is specialised to each batch size it sees, so a batch is padded up to
+    def _pass(self, pixels: torch.Tensor, hidden_layers: Sequence[int]) -> BatchOutput:
+        """A compiled model is specialised to each batch size it sees, so a batch is padded up to
         the next warmed-up bucket: a handful of graphs compiled at start-up, none during traffic.
-        A batch that asks for hidden states runs eagerly: each choice of layers would be a graph.
-        """
+        A batch that asks for hidden states runs eagerly: each choice of layers would be a graph."""
         size = len(pixels)
         compiled = self.compiled and not hidden_layers
         if compiled:
@@ -191,7 +215,7 @@ class Engine:
     def warmup(self, max_batch_size: int) -> None:
         """Run every bucket once (powers of two below `max_batch_size`, and it), so that
         allocation and compilation happen before traffic."""
-        self.thread.submit(self._warmup, max_batch_size).result()
+        self.torch_thread.submit(self._warmup, max_batch_size).result()
 
     def _warmup(self, max_batch_size: int) -> None:
         self.buckets = sorted({1, *(2**i for i in range(1, 13) if 2**i < max_batch_size), max_batch_size})

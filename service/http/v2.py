@@ -5,7 +5,7 @@ One input tensor per request, named by its datatype: `image` (BYTES: encoded ima
 base64 strings or data URLs in JSON, raw in binary), `pixels` (UINT8 [B, 3, S, S]: already resized pixels, normalised
 here) or `pixel_values` (FP32 [B, 3, S, S]: already normalised). Outputs `probabilities`
 (FP32 [B, classes], when the model has a head) and `embedding` (FP32 [B, D], y = LN(z_L⁰)).
-Errors are the protocol's `{"error": message}` (see app.error_response). Triton's binary tensor
+Errors are the protocol's `{"error": message}` (see service/http/error_handlers.py). Triton's binary tensor
 data extension is supported both ways, as `tritonclient` uses it by default.
 """
 
@@ -24,18 +24,10 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service import __version__, schemas
 from service.engine import Engine
 from service.errors import InvalidRequest, UnsupportedMediaType, first_error
+from service.http.deps import Authorized, Ready, State, TimeoutHeader, require_model
 from service.inputs import check_image_count, decode_base64, load_json, parse_off_loop, read_body
 from service.params import parse_count
-from service.routes import (
-    Authorized,
-    Ready,
-    Serving,
-    State,
-    TimeoutHeader,
-    compute,
-    deadline_of,
-    require_model,
-)
+from service.pipeline import Serving, compute, deadline_of
 
 INPUTS = {"BYTES": "image", "UINT8": "pixels", "FP32": "pixel_values"}
 
@@ -98,8 +90,8 @@ async def model_ready(name: str, state: State) -> JSONResponse:
 
 
 @router.get("/models/{name}", dependencies=Authorized)
-async def model_metadata(name: str, state: Ready) -> dict[str, Any]:
-    engine = state.engine
+async def model_metadata(name: str, serving: Ready) -> dict[str, Any]:
+    engine = serving.engine
     require_model(engine, name)
     size = engine.image_size
     return {
@@ -124,12 +116,12 @@ def _outputs(engine: Engine) -> list[dict[str, Any]]:
 
 
 @router.post("/models/{name}/infer", dependencies=Authorized)
-async def infer(name: str, request: Request, state: Ready, x_request_timeout: TimeoutHeader = None) -> Response:
+async def infer(name: str, request: Request, serving: Ready, x_request_timeout: TimeoutHeader = None) -> Response:
     """Probabilities and embeddings of a batch of images, computed in the shared batches."""
-    engine = state.engine
+    engine = serving.engine
     require_model(engine, name)
-    deadline = deadline_of(state.settings, x_request_timeout)
-    body, binary = await _request(request, state, deadline)
+    deadline = deadline_of(serving.settings, x_request_timeout)
+    body, binary = await _request(request, serving, deadline)
     if len(body.inputs) != 1:
         raise InvalidRequest(f"expected one input tensor (image, pixels or pixel_values), got {len(body.inputs)}")
     tensor = body.inputs[0]
@@ -141,13 +133,13 @@ async def infer(name: str, request: Request, state: Ready, x_request_timeout: Ti
     if len(set(names)) < len(names):
         raise InvalidRequest("an output is requested more than once")
     all_binary = _flag(body.parameters, "binary_data_output")
-    images = _images(state, tensor, _input_bytes(tensor, binary))
-    results = await compute(request, state, "/v2/models/{name}/infer", images, deadline)
+    images = _images(serving, tensor, _input_bytes(tensor, binary))
+    results = await compute(request, serving, "/v2/models/{name}/infer", images, deadline)
     outputs, chunks = [], []
     for output in requested:
         rows = [r.probs if output.name == "probabilities" else r.embedding for r in results]
         # numpy, not torch: a torch op this large off the engine's thread would start a second
-        # OpenMP team (see service/engine.py)
+        # OpenMP team (see service/engine/device.py)
         stacked = np.stack([row.numpy() for row in rows]).astype("<f4")  # type: ignore[union-attr]
         entry: dict[str, Any] = {"name": output.name, "datatype": "FP32", "shape": list(stacked.shape)}
         if _flag(output.parameters, "binary_data", all_binary):
@@ -169,13 +161,13 @@ async def infer(name: str, request: Request, state: Ready, x_request_timeout: Ti
     )
 
 
-async def _request(request: Request, state: Serving, deadline: float) -> tuple[InferRequest, bytes]:
+async def _request(request: Request, serving: Serving, deadline: float) -> tuple[InferRequest, bytes]:
     """The JSON inference request, and the binary tensor data after it (empty without)."""
     media_type = request.headers.get("content-type", "").split(";")[0].strip().lower()
     header_length = request.headers.get("inference-header-content-length")
     if media_type not in ("application/json", "application/octet-stream", ""):
         raise UnsupportedMediaType(f"Content-Type {media_type[:100]} is not accepted; send application/json")
-    raw = await read_body(request, state.settings.max_body_bytes, deadline)
+    raw = await read_body(request, serving.settings.max_body_bytes, deadline)
     split = len(raw)
     if header_length is not None:
         length = parse_count(header_length)
@@ -183,7 +175,7 @@ async def _request(request: Request, state: Serving, deadline: float) -> tuple[I
             raise InvalidRequest("Inference-Header-Content-Length must be the JSON header's length in bytes")
         split = length
     header = raw[:split]
-    return await parse_off_loop(lambda: _infer_request(header, state.settings.max_json_values), split), raw[split:]
+    return await parse_off_loop(lambda: _infer_request(header, serving.settings.max_json_values), split), raw[split:]
 
 
 def _infer_request(header: bytes, max_values: int) -> InferRequest:
@@ -217,19 +209,19 @@ def _input_bytes(tensor: InferInput, binary: bytes) -> bytes | None:
     return binary
 
 
-def _shape_batch(state: Serving, tensor: InferInput) -> int:
+def _shape_batch(serving: Serving, tensor: InferInput) -> int:
     """The batch size, once the shape is one this input can have: checked before any value is
     read, so that a huge shape or count costs nothing."""
     shape, shown = tensor.shape, str(tensor.shape)[:100]
     if not shape or min(shape) < 1:
         raise InvalidRequest(f"input {tensor.name!r}: shape {shown} holds no values")
     batch = shape[0]
-    check_image_count(batch, state.settings.max_images_per_request)
+    check_image_count(batch, serving.settings.max_images_per_request)
     if tensor.datatype == "BYTES":
         if shape not in ([batch], [batch, 1]):
             raise InvalidRequest("input 'image': one image file per row, shape [B] or [B, 1]")
         return batch
-    size = state.engine.image_size
+    size = serving.engine.image_size
     if shape != [batch, 3, size, size]:
         raise InvalidRequest(f"input {tensor.name!r}: shape must be [B, 3, {size}, {size}], not {shown}")
     return batch
@@ -283,12 +275,12 @@ def pixel_value_range(engine: Engine) -> tuple[float, float]:
     return low - width, high + width
 
 
-def _images(state: Serving, tensor: InferInput, binary: bytes | None) -> list[bytes | torch.Tensor]:
+def _images(serving: Serving, tensor: InferInput, binary: bytes | None) -> list[bytes | torch.Tensor]:
     """The input tensor as one image per row: encoded files (decoded later), pixels or normalised values."""
     expected = INPUTS[tensor.datatype]
     if tensor.name != expected:
         raise InvalidRequest(f"a {tensor.datatype} input must be named {expected!r}, not {tensor.name[:100]!r}")
-    batch = _shape_batch(state, tensor)
+    batch = _shape_batch(serving, tensor)
     values = _values(tensor, binary, math.prod(tensor.shape))
     if tensor.datatype == "BYTES":
         if binary is not None:  # the raw files
@@ -301,7 +293,7 @@ def _images(state: Serving, tensor: InferInput, binary: bytes | None) -> list[by
             raise InvalidRequest(f"input {tensor.name!r}: UINT8 data must be integers in 0 … 255")
         array = values.astype(np.uint8)
     else:
-        low, high = pixel_value_range(state.engine)
+        low, high = pixel_value_range(serving.engine)
         with np.errstate(over="ignore"):  # 1e39 becomes inf here, refused just below
             array = values.astype(np.float32) if values.dtype.kind in "iuf" else values
         if array.dtype != np.float32 or not (np.isfinite(array).all() and low <= array.min() and array.max() <= high):

@@ -1,4 +1,4 @@
-"""The HTTP server's own bounds (service/server.py), over raw sockets on 127.0.0.1: request heads
+"""The HTTP server's own bounds (service/http/server.py), over raw sockets on 127.0.0.1: request heads
 bounded in size, header count and time, idle and slowloris connections closed, a cap on
 connections that still lets health probes through, and JSON for every error it emits."""
 

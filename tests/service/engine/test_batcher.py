@@ -12,7 +12,7 @@ import torch
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.batching import Batcher, BatchOutput
+from service.engine import Batcher, BatchOutput
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.metrics import Metrics
 
@@ -20,9 +20,9 @@ from service.metrics import Metrics
 class FakeModel:
     """Embeds each image as its mean pixel value; records every batch it computes."""
 
-    def __init__(self, delay_s: float = 0.0, fail_if: int | None = None, oom_above: int | None = None) -> None:
+    def __init__(self, delay_s: float = 0.0, fail_if: int | None = None) -> None:
         self.batches: list[list[int]] = []
-        self.delay_s, self.fail_if, self.oom_above = delay_s, fail_if, oom_above
+        self.delay_s, self.fail_if = delay_s, fail_if
         self.gate = threading.Event()
         self.gate.set()
         self.threads: set[str] = set()  # the threads that staged or ran a batch
@@ -34,8 +34,6 @@ class FakeModel:
     def forward(self, batch: torch.Tensor, hidden_layers: list[int]) -> BatchOutput:
         self.threads.add(threading.current_thread().name)
         self.gate.wait(10)
-        if self.oom_above is not None and len(batch) > self.oom_above:
-            raise torch.cuda.OutOfMemoryError("fake: out of memory")
         ids = [int(v) for v in batch.flatten(1)[:, 0].tolist()]
         if self.fail_if is not None and self.fail_if in ids:
             raise RuntimeError("fake: this batch fails")
@@ -218,25 +216,6 @@ async def test_model_error_fails_exactly_that_batch_and_the_loop_goes_on() -> No
         with pytest.raises(InferenceFailed):
             await task
     assert [r.embedding.item() for r in await after] == [7, 8]
-    assert batcher.running
-    await batcher.close()
-
-
-async def test_out_of_memory_splits_the_batch_before_failing_anything() -> None:
-    model = FakeModel(oom_above=2)
-    batcher = make(model, max_batch_size=8)
-    results = await batcher.submit([image(i) for i in range(8)], later(), layer=3)
-    assert [r.embedding.item() for r in results] == list(range(8))
-    assert [r.hidden.item() for r in results] == [i + 3000 for i in range(8)]  # type: ignore[union-attr]
-    assert all(len(b) <= 2 for b in model.batches)
-    await batcher.close()
-
-
-async def test_out_of_memory_at_batch_one_fails_that_item() -> None:
-    model = FakeModel(oom_above=0)
-    batcher = make(model)
-    with pytest.raises(InferenceFailed):
-        await batcher.submit([image(1)], later())
     assert batcher.running
     await batcher.close()
 

@@ -1,18 +1,17 @@
-"""SPEC §4: the three input forms, every row of the error table, health, models, metrics and
-API keys, over real HTTP (uvicorn on 127.0.0.1) and, where cheap, over the ASGI transport too."""
+"""/v1 (docs/API.md): the three input forms, every row of the error table, parameters, API keys,
+overload and deadlines, over real HTTP (uvicorn on 127.0.0.1) and, where cheap, over the ASGI
+transport too."""
 
 from __future__ import annotations
 
 import asyncio
 import base64
-import threading
 
 import httpx
 import numpy as np
 import pytest
 from PIL import Image
 
-from service.engine import Engine
 from tests.images import encode, gradient, photo, png_header_claiming
 from tests.service.conftest import controlled, serve, tiny_settings, until
 
@@ -78,34 +77,6 @@ async def test_several_images_answer_in_input_order(client: httpx.AsyncClient) -
     assert [r["index"] for r in rows] == list(range(5))
     for row, single in zip(rows, alone, strict=True):
         np.testing.assert_allclose(row["embedding"], single.json()["data"][0]["embedding"], atol=1e-5)
-
-
-async def test_models_health_and_metrics(client: httpx.AsyncClient) -> None:
-    model = (await client.get("/v1/models")).json()["data"][0]
-    assert model["id"] == "vit_test_tiny" and model["checkpoint"]["format"] == "random"
-    assert model["num_classes"] == 10 and model["embedding_dim"] == 48 and model["max_batch_size"] == 8
-    assert (await client.get("/healthz")).json() == {"status": "alive"}
-    assert (await client.get("/readyz")).json() == {"status": "ready"}
-    await client.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
-    await client.post("/v1/classify", content=b"", headers={"content-type": "image/png"})
-    text = (await client.get("/metrics")).text
-    for line in [
-        'vit_requests_total{endpoint="/v1/classify",status="200"} 1.0',
-        'vit_requests_total{endpoint="/v1/classify",status="400"} 1.0',
-        'vit_images_total{endpoint="/v1/classify"} 1.0',
-        'vit_rejected_total{reason="invalid_input"} 1.0',
-        "vit_queue_depth 0.0",
-        'vit_model_info{device="cpu",dtype="float32",model="vit_test_tiny"} 1.0',
-    ]:
-        assert line in text
-    for name in [
-        "vit_request_duration_seconds_bucket",
-        "vit_queue_wait_seconds_count",
-        "vit_batch_size_bucket",
-        "vit_inference_duration_seconds_count",
-        "vit_preprocess_duration_seconds_count",
-    ]:
-        assert name in text
 
 
 def multipart(parts: list[bytes], boundary: str = "b0undary") -> tuple[bytes, dict[str, str]]:
@@ -233,27 +204,6 @@ async def test_api_keys() -> None:
         assert (await c.get("/v1/models")).status_code == 401
         for open_path in ("/healthz", "/readyz", "/metrics"):
             assert (await c.get(open_path)).status_code == 200
-
-
-async def test_readiness_before_and_after_warm_up() -> None:
-    release = threading.Event()
-
-    def slow_load(settings):
-        release.wait(30)
-        return Engine.from_settings(settings)
-
-    async with serve(tiny_settings(), slow_load, wait_ready=False) as (_, c):
-        assert (await c.get("/readyz")).status_code == 503
-        assert (await c.get("/readyz")).json() == {"status": "loading"}
-        assert (await c.get("/healthz")).status_code == 200
-        early = await c.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
-        assert error_of(early) == (503, "not_ready")
-        release.set()
-        for _ in range(200):
-            if (await c.get("/readyz")).status_code == 200:
-                break
-            await asyncio.sleep(0.05)
-        assert (await c.get("/readyz")).json() == {"status": "ready"}
 
 
 async def test_warmup_and_every_batch_run_on_the_engines_thread() -> None:

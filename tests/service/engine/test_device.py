@@ -1,4 +1,5 @@
-"""The engine: compiled batch-size buckets, and the one thread all its torch work runs on."""
+"""The engine on its device: compiled batch-size buckets, the one thread all its torch work runs on,
+and batches split in halves when the device runs out of memory."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ def test_a_compiled_engine_pads_every_batch_to_a_warmed_bucket_and_never_recompi
     assert engine.compiled and engine.buckets == [1, 2, 4]
     images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(3)]
     with torch._dynamo.config.patch(error_on_recompile=True):  # a batch of 3 must run as bucket 4
-        out = engine.thread.submit(lambda: engine.forward(engine.stage(images))).result()
+        out = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images))).result()
     with torch.inference_mode():
         eager = engine.model(engine.stage(images))
     assert out.probs is not None and eager.logits is not None
@@ -48,3 +49,37 @@ def test_loading_and_warmup_run_on_the_engines_own_thread(monkeypatch: pytest.Mo
     engine.model.register_forward_pre_hook(lambda *_: seen.append(threading.current_thread().name))
     engine.warmup(2)
     assert set(seen) == {"vit-torch_0"} and len(seen) == 3  # the load, and buckets 1 and 2
+
+
+def _out_of_memory_above(engine: Engine, size: int) -> list[int]:
+    """Make the model raise CUDA's out-of-memory error for batches larger than `size` (as a GPU
+    would), and return the sizes of the batches it computed."""
+    computed: list[int] = []
+
+    def hook(_: torch.nn.Module, args: tuple[torch.Tensor, ...]) -> None:
+        if len(args[0]) > size:
+            raise torch.cuda.OutOfMemoryError("out of memory (injected)")
+        computed.append(len(args[0]))
+
+    engine.model.register_forward_pre_hook(hook)
+    return computed
+
+
+def test_out_of_memory_splits_the_batch_before_failing_anything() -> None:
+    engine = Engine.from_settings(tiny_settings())
+    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(7)]
+    whole = engine.forward(engine.stage(images), [1])
+    computed = _out_of_memory_above(engine, 2)
+    split = engine.forward(engine.stage(images), [1])
+    assert computed == [1, 2, 2, 2]  # 7 -> 3 + 4 -> (1 + 2) + (2 + 2)
+    assert whole.probs is not None and split.probs is not None
+    torch.testing.assert_close(split.probs, whole.probs)
+    torch.testing.assert_close(split.embeddings, whole.embeddings)
+    torch.testing.assert_close(split.hidden[1], whole.hidden[1])
+
+
+def test_out_of_memory_at_batch_one_fails() -> None:
+    engine = Engine.from_settings(tiny_settings())
+    _out_of_memory_above(engine, 0)
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        engine.forward(engine.stage([torch.zeros(3, 32, 32, dtype=torch.uint8)] * 2))

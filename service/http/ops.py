@@ -1,0 +1,65 @@
+"""Operations: the served model (/v1/models), liveness, readiness and Prometheus metrics."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, Response
+from fastapi.responses import JSONResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+
+from service import schemas
+from service.http.deps import Authorized, Ready, State
+
+router = APIRouter()
+
+
+@router.get("/v1/models", response_model=schemas.ModelsResponse, dependencies=Authorized)
+async def models(serving: Ready) -> dict[str, Any]:
+    """The served model: its shape, device, dtype, checkpoint and batching."""
+    engine = serving.engine
+    cfg, ckpt = engine.model.cfg, engine.checkpoint
+    return {
+        "data": [
+            {
+                "id": engine.model_id,
+                "num_classes": cfg.num_classes,
+                "embedding_dim": cfg.embed_dim,
+                "image_size": cfg.image_size,
+                "patch_size": cfg.patch_size,
+                "depth": cfg.depth,
+                "heads": cfg.num_heads,
+                "device": str(engine.device),
+                "dtype": engine.dtype_name,
+                "checkpoint": {
+                    "format": ckpt.format,
+                    "path": str(ckpt.path) if ckpt.path else None,
+                    "sha256": ckpt.sha256,
+                },
+                "max_batch_size": serving.resolved.max_batch_size,
+                "max_wait_ms": serving.settings.max_wait_ms,
+            }
+        ]
+    }
+
+
+@router.get("/healthz", response_model=schemas.Status)
+async def healthz() -> dict[str, str]:
+    """Liveness: the process answers HTTP. No model call."""
+    return {"status": "alive"}
+
+
+@router.get("/readyz", response_model=schemas.Status, responses={503: {"model": schemas.Status}})
+async def readyz(state: State) -> JSONResponse:
+    """Readiness: weights loaded, warm-up done, batch loop running."""
+    status = state.readiness
+    return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
+
+
+@router.get("/metrics", response_class=Response)
+async def metrics(state: State) -> Response:
+    """Prometheus text format (docs/API.md, Metrics)."""
+    if state.engine is not None:
+        for kind, value in state.engine.gpu_memory().items():
+            state.metrics.gpu_memory.labels(kind=kind).set(value)
+    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)

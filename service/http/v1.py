@@ -1,0 +1,172 @@
+"""/v1: top-k labels, embeddings (also in OpenAI's form) and hidden states, for images sent in
+any of three forms (docs/API.md, Sending images)."""
+
+from __future__ import annotations
+
+import base64
+from typing import Annotated, Any
+
+import numpy as np
+from fastapi import APIRouter, Query, Request
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from service import schemas
+from service.errors import InferenceFailed, InvalidParameter, InvalidRequest
+from service.http.deps import ERRORS, Authorized, Ready, TimeoutHeader, require_model
+from service.params import (
+    EmbeddingParams,
+    FeatureParams,
+    OpenAIEmbeddingParams,
+    QueryBool,
+    QueryInt,
+    classify_params,
+    merge,
+)
+from service.pipeline import Serving, compute, deadline_of, read_images
+
+router = APIRouter()
+
+
+async def receive(
+    request: Request,
+    serving: Serving,
+    endpoint: str,
+    timeout_header: float | None,
+    query: dict[str, Any],
+    params_model: type[BaseModel],
+    openai_model: type[BaseModel] | None = None,
+) -> tuple[list[bytes], Any, float]:
+    """The opening every /v1 image route shares: the request's deadline, the body's images
+    (counted before anything is decoded), and its parameters (the query's, overridden by body
+    fields) validated by `params_model`, or by `openai_model` for OpenAI's `input` form, which
+    only a route that gives one accepts."""
+    deadline = deadline_of(serving.settings, timeout_header)
+    parsed = await read_images(request, serving, deadline)
+    if parsed.openai and openai_model is None:
+        raise InvalidRequest(f'"input" is the OpenAI embeddings form, for /v1/embeddings; {endpoint} takes "images"')
+    model = openai_model if parsed.openai and openai_model is not None else params_model
+    return parsed.images, merge(model, query, parsed.params), deadline
+
+
+# what the image routes declare: their error responses, the three body forms, API keys
+IMAGE_ROUTE: dict[str, Any] = {"responses": ERRORS, "openapi_extra": schemas.IMAGE_BODY, "dependencies": Authorized}
+EMBEDDINGS_ROUTE = IMAGE_ROUTE | {"openapi_extra": schemas.EMBEDDINGS_BODY}
+
+
+@router.post("/v1/classify", response_model=schemas.ClassifyResponse, **IMAGE_ROUTE)
+async def classify(
+    request: Request,
+    serving: Ready,
+    top_k: Annotated[QueryInt | None, Query(ge=1, description="predictions per image (1 … classes, default 5)")] = None,
+    x_request_timeout: TimeoutHeader = None,
+) -> JSONResponse:
+    """Top-k labels for each image."""
+    labels = serving.engine.labels
+    if not labels:
+        raise InvalidParameter("this model has no classification head; use /v1/embeddings")
+    endpoint, query = "/v1/classify", {"top_k": top_k}
+    images, params, deadline = await receive(
+        request, serving, endpoint, x_request_timeout, query, classify_params(len(labels))
+    )
+    results = await compute(request, serving, endpoint, images, deadline)
+    out = []
+    for result in results:
+        if result.probs is None:  # labels exist only for a model with a head
+            raise InferenceFailed("the model returned no class scores")
+        scores, indices = result.probs.topk(params.top_k)
+        out.append(
+            {
+                "predictions": [
+                    {"index": i, "label": labels[i], "score": s}
+                    for s, i in zip(scores.tolist(), indices.tolist(), strict=True)
+                ]
+            }
+        )
+    return JSONResponse({"model": serving.engine.model_id, "results": out})
+
+
+@router.post(
+    "/v1/embeddings", response_model=schemas.EmbeddingsResponse | schemas.OpenAIEmbeddingsResponse, **EMBEDDINGS_ROUTE
+)
+async def embeddings(
+    request: Request,
+    serving: Ready,
+    normalize: Annotated[QueryBool | None, Query(description="return y / ‖y‖₂: true or false (default)")] = None,
+    encoding_format: Annotated[str | None, Query(description="float (default) or base64")] = None,
+    x_request_timeout: TimeoutHeader = None,
+) -> JSONResponse:
+    """The [class]-token embedding y = LN(z_L⁰) of each image; a body with `input` (OpenAI's
+    embeddings request) gets OpenAI's response shape."""
+    endpoint, query = "/v1/embeddings", {"normalize": normalize, "encoding_format": encoding_format}
+    images, params, deadline = await receive(
+        request, serving, endpoint, x_request_timeout, query, EmbeddingParams, OpenAIEmbeddingParams
+    )
+    engine = serving.engine
+    openai = isinstance(params, OpenAIEmbeddingParams)
+    if openai:
+        require_model(engine, params.model)
+        if params.dimensions is not None and params.dimensions != engine.model.cfg.embed_dim:
+            raise InvalidParameter(f"dimensions: this model's embeddings have {engine.model.cfg.embed_dim}")
+    results = await compute(request, serving, endpoint, images, deadline)
+    vectors = []
+    for result in results:
+        y = result.embedding.numpy()
+        if params.normalize:
+            y = y / max(float(np.linalg.norm(y)), 1e-12)
+        vectors.append(_b64(y, "<f4") if params.encoding_format == "base64" else y.tolist())
+    if openai:
+        tokens = len(results) * (engine.model.cfg.num_patches + 1)  # the tokens the encoder read
+        return JSONResponse(
+            {
+                "object": "list",
+                "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
+                "model": engine.model_id,
+                "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
+            }
+        )
+    data = [{"index": i, "embedding": v} for i, v in enumerate(vectors)]
+    return JSONResponse({"model": engine.model_id, "dim": engine.model.cfg.embed_dim, "data": data})
+
+
+@router.post("/v1/features", response_model=schemas.FeaturesResponse, **IMAGE_ROUTE)
+async def features(
+    request: Request,
+    serving: Ready,
+    layer: Annotated[QueryInt | None, Query(description="hidden state z_l: 0 … L, or from the end (-1 = z_L)")] = None,
+    tokens: Annotated[str | None, Query(description="all (default: [class] and patches) or patch")] = None,
+    dtype: Annotated[str | None, Query(description="float32 (default) or float16")] = None,
+    x_request_timeout: TimeoutHeader = None,
+) -> JSONResponse:
+    """One layer's hidden states for each image, as LLaVA-style vision-language models read them."""
+    endpoint, query = "/v1/features", {"layer": layer, "tokens": tokens, "dtype": dtype}
+    images, params, deadline = await receive(request, serving, endpoint, x_request_timeout, query, FeatureParams)
+    try:
+        serving.engine.model.layer_index(params.layer)  # the model's own bounds: 0 … L, or -(L+1) … -1
+    except ValueError as exc:
+        raise InvalidParameter(str(exc)) from None  # "layer 3 is outside -3..2"
+    results = await compute(request, serving, endpoint, images, deadline, params.layer)
+    dtype_code = "<f2" if params.dtype == "float16" else "<f4"
+    data = []
+    for i, result in enumerate(results):
+        if result.hidden is None:  # the batcher fills the layer each item asked for
+            raise InferenceFailed("the model returned no hidden states")
+        hidden = result.hidden.numpy()
+        if params.tokens == "patch":
+            hidden = hidden[1:]
+        data.append({"index": i, "shape": list(hidden.shape), "features": _b64(hidden, dtype_code)})
+    return JSONResponse(
+        {
+            "model": serving.engine.model_id,
+            "layer": params.layer,
+            "tokens": params.tokens,
+            "dtype": params.dtype,
+            "data": data,
+        }
+    )
+
+
+def _b64(array: np.ndarray, dtype_code: str) -> str:
+    """Little-endian bytes of `array` in `dtype_code`, base64: converted by numpy, so no torch
+    thread team is ever started outside the engine's thread."""
+    return base64.b64encode(np.ascontiguousarray(array, dtype=dtype_code).tobytes()).decode("ascii")

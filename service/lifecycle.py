@@ -1,0 +1,115 @@
+"""What the running service holds, and its life: load, warm up, start, turn ready; drain; stop.
+
+`ServiceState` is the one mutable object behind the routes: its status (loading, ready,
+draining, failed), the engine, batcher and decode processes once started, the resolved
+settings, and the count of admitted requests that draining waits for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+from service.decoding import DecodePool
+from service.engine import Batcher, Engine
+from service.metrics import Metrics
+from service.settings import Resolved, Settings
+
+log = logging.getLogger("service")
+
+Status = Literal["loading", "ready", "draining", "failed"]
+
+
+@dataclass
+class ServiceState:
+    settings: Settings
+    metrics: Metrics = field(default_factory=Metrics)
+    status: Status = "loading"
+    resolved: Resolved | None = None  # once the engine knows its device
+    engine: Engine | None = None
+    batcher: Batcher | None = None
+    decode_pool: DecodePool | None = None
+    admitted: int = 0  # requests past the readiness check and not yet answered
+
+    @property
+    def readiness(self) -> Status:
+        """`ready` only while the batch loop runs: a dead loop is never reported healthy."""
+        if self.status == "ready" and (self.batcher is None or not self.batcher.running):
+            return "failed"
+        return self.status
+
+
+async def start(state: ServiceState, engine_factory: Callable[[Settings], Engine]) -> None:
+    """Load, warm up, start the decode processes and the batcher, then turn ready; any failure
+    turns `failed`."""
+    try:
+        settings = state.settings
+        engine = await asyncio.to_thread(engine_factory, settings)
+        state.engine = engine
+        resolved = state.resolved = settings.resolve(engine.device.type)
+        await asyncio.to_thread(engine.warmup, resolved.max_batch_size)
+        pool = DecodePool(
+            resolved.decode_processes,
+            engine.image_size,
+            engine.preprocess,
+            settings.max_image_pixels,
+            settings.decode_timeout_s,
+            settings.decode_memory_bytes,
+            draft=settings.jpeg_draft,
+            observe=state.metrics.preprocess_duration.observe,
+            restarted=state.metrics.decode_restarts.inc,
+        )
+        state.decode_pool = pool
+        await pool.start()
+        batcher = Batcher(
+            engine.stage,
+            engine.forward,
+            max_batch_size=resolved.max_batch_size,
+            max_wait_s=settings.max_wait_ms / 1000,
+            max_queue_size=resolved.max_queue_size,
+            metrics=state.metrics,
+            max_in_flight=2 if engine.pipelined else 1,
+            compute_thread=engine.torch_thread,
+        )
+        batcher.start()
+        state.batcher = batcher
+        state.metrics.model_info.labels(model=engine.model_id, device=str(engine.device), dtype=engine.dtype_name).set(
+            1
+        )
+        state.status = "ready"
+        log.info(
+            "ready: %s on %s (%s), batches up to %d",
+            engine.model_id,
+            engine.device,
+            engine.dtype,
+            resolved.max_batch_size,
+        )
+    except Exception:
+        state.status = "failed"
+        log.exception("start-up failed")
+
+
+async def drain(state: ServiceState) -> None:
+    """Turn `draining` (readiness 503, new requests 503 not_ready), then answer every admitted
+    request, those still being decoded included, for at most VIT_SHUTDOWN_TIMEOUT_S; what is
+    left after that gets 503. Safe to call twice."""
+    state.status = "draining"
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + state.settings.shutdown_timeout_s
+    while state.admitted and loop.time() < deadline:
+        await asyncio.sleep(0.005)
+    if state.batcher is not None and state.batcher.running:
+        finished = await state.batcher.drain(max(0.0, deadline - loop.time())) and not state.admitted
+        log.info("drained the queue" if finished else "shutdown timeout: unfinished requests were answered 503")
+
+
+async def stop(state: ServiceState, loader: asyncio.Task[None]) -> None:
+    """Stop loading if still loading, drain, and end the decode processes."""
+    loader.cancel()
+    await asyncio.gather(loader, return_exceptions=True)
+    await drain(state)
+    if state.decode_pool is not None:
+        state.decode_pool.close()
