@@ -1,6 +1,6 @@
 """`python -m bench.ceiling`: what the serving layer itself can carry, whatever the model.
 
-vit-serve runs `vit_null_patch16_224` (a ViT of width 8 and one block at 224×224, random weights:
+vit-serve runs `vit_null_patch56_224` (a ViT of width 8 and one block at 224×224, random weights:
 its forward pass costs microseconds), so what is measured is HTTP, parsing, decoding, batching
 and answering: the limit a GPU would meet first. wrk loads it (a compiled client that costs the
 server's cores little: `apt-get install wrk`, which `make bench-ceiling` runs; without it, the
@@ -40,7 +40,7 @@ from bench.systems import _free_port
 from bench.workload import jpeg
 from model.preprocess import PreprocessConfig, load_image, normalize
 
-MODEL = "vit_null_patch16_224"
+MODEL = "vit_null_patch56_224"
 SIZES = ("224", "500x375")
 # The server's preprocessing for a preset without a checkpoint (squash, bilinear), timed in process.
 PREPROCESS = PreprocessConfig()
@@ -65,22 +65,25 @@ def main(argv: list[str] | None = None) -> None:
         targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in SIZES]
         for name, path, body in targets:
             for concurrency in levels:
+                decode_ms = [_decode_ms(body)] if body is not None else []  # beside the load: the host drifts
+                batches_before = _batch_totals(url)  # outside the CPU window
                 main_before, decode_before = _cpu_seconds(pid)
                 load = _load(url + path, body, concurrency, args.duration, args.pin_client, Path(tmp))
                 main_after, decode_after = _cpu_seconds(pid)
+                batches_after = _batch_totals(url)
+                batches, images = (batches_after[i] - batches_before[i] for i in (0, 1))
                 per_request = 1000 / max(1, load["requests"])
                 point: dict[str, Any] = {"target": name, "concurrency": concurrency, **load}
                 used = main_after - main_before + decode_after - decode_before
                 point["server_cpu_ms_per_request"] = per_request * used
                 point["decode_processes_cpu_ms_per_request"] = per_request * (decode_after - decode_before)
+                point["mean_batch_size"] = images / batches if batches else 0.0
+                if body is not None:
+                    point["decode_ms"] = statistics.mean([*decode_ms, _decode_ms(body)])
+                    point["cpu_over_decode"] = point["server_cpu_ms_per_request"] / point["decode_ms"]
+                    point["model_ms_per_request"] = _model_ms(round(point["mean_batch_size"]))
                 points.append(point)
                 print(_line(point), flush=True)
-    decode_ms = {size: _decode_ms(jpeg(size)) for size in SIZES}
-    for point in points:
-        size = point["target"].removeprefix("classify ")
-        if size in decode_ms:
-            point["decode_ms"] = decode_ms[size]
-            point["cpu_over_decode"] = point["server_cpu_ms_per_request"] / decode_ms[size]
     result = {
         "command": "python -m bench.ceiling " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.date.today().isoformat(),
@@ -88,7 +91,6 @@ def main(argv: list[str] | None = None) -> None:
         "client": client,
         "model": MODEL,
         "points": points,
-        "decode_resize_normalise_ms": decode_ms,
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ceiling.json").write_text(json.dumps(result, indent=2) + "\n")
@@ -97,7 +99,10 @@ def main(argv: list[str] | None = None) -> None:
         if "cpu_over_decode" in point:
             print(
                 f"{point['target']} c={point['concurrency']}: server CPU {point['server_cpu_ms_per_request']:.2f} ms"
-                f" per request = {point['cpu_over_decode']:.2f} × decode+resize+normalise ({point['decode_ms']:.2f} ms)"
+                f" per request = {point['cpu_over_decode']:.2f} × decode+resize+normalise"
+                f" ({point['decode_ms']:.2f} ms);"
+                f" the null model's forward pass: {point['model_ms_per_request']:.2f} ms an image"
+                f" at batch {round(point['mean_batch_size'])}"
             )
 
 
@@ -156,6 +161,16 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
     return main, children
 
 
+def _batch_totals(url: str) -> tuple[float, float]:
+    """The server's batches and batched images so far, from its /metrics."""
+    text = httpx.get(url + "/metrics").text
+
+    def value(name: str) -> float:
+        return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
+
+    return value("vit_batch_size_count"), value("vit_batch_size_sum")
+
+
 def _load(url: str, body: bytes | None, concurrency: int, seconds: float, cpus: str | None, tmp: Path) -> dict:
     """requests, requests/s, errors and latency percentiles of one closed-loop run."""
     if not shutil.which("wrk"):
@@ -195,8 +210,10 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def _decode_ms(data: bytes, rounds: int = 5, repeat: int = 200) -> float:
-    """Decode, resize (the server's defaults) and normalise one image in this process: median ms."""
+def _decode_ms(data: bytes, rounds: int = 5, repeat: int = 100) -> float:
+    """Decode, resize (the server's defaults) and normalise one image in this process: median ms.
+    Measured just before and just after each load run, while the server idles: these hosts are
+    shared, and a figure from a minute earlier can be off by half."""
     import torch
 
     torch.set_num_threads(1)
@@ -209,12 +226,32 @@ def _decode_ms(data: bytes, rounds: int = 5, repeat: int = 200) -> float:
     return statistics.median(times)
 
 
+def _model_ms(batch: int, repeat: int = 200) -> float:
+    """The null model's forward pass per image (one thread, in this process) at `batch`: what the
+    server's CPU per request holds beyond serving (normalising is in the decode figure)."""
+    import torch
+
+    from model.config import preset
+    from model.vit import VisionTransformer
+
+    model = VisionTransformer(preset(MODEL)).eval()
+    pixels = normalize(torch.zeros(max(1, batch), 3, 224, 224, dtype=torch.uint8), PREPROCESS.mean, PREPROCESS.std)
+    with torch.inference_mode():
+        for _ in range(10):
+            model(pixels)
+        start = time.perf_counter()
+        for _ in range(repeat):
+            model(pixels)
+    return (time.perf_counter() - start) / repeat / len(pixels) * 1000
+
+
 def _line(point: dict) -> str:
     return (
         f"{point['target']} c={point['concurrency']}: {point['requests_per_s']:.0f} requests/s, "
         f"p50 {point['p50_ms']:.2f} ms, p99 {point['p99_ms']:.2f} ms, errors {point['errors']}, "
         f"server CPU {point['server_cpu_ms_per_request']:.3f} ms/request "
-        f"({point['decode_processes_cpu_ms_per_request']:.3f} in decode processes)"
+        f"({point['decode_processes_cpu_ms_per_request']:.3f} in decode processes), "
+        f"mean batch {point['mean_batch_size']:.1f}"
     )
 
 

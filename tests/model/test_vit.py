@@ -19,7 +19,7 @@ PARAMS = {
     "vit_large_patch16_224": 304_326_632,
     "vit_large_patch32_384": 306_632_680,
     "vit_huge_patch14_224": 632_045_800,
-    "vit_null_patch16_224": 8_714,
+    "vit_null_patch56_224": 76_394,
     "vit_test_tiny": 67_258,
 }
 
