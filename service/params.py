@@ -1,49 +1,45 @@
-"""Request parameters, parsed strictly: what a client may send in the query, headers and body.
+"""Request parameters, declared once and parsed strictly: what a client may send in the query,
+the JSON body and headers (docs/API.md, Sending images).
 
-Lax parsing turns `normalize=yes`, `top_k=1_0`, `"top_k": true` or a Unicode digit into
-values the client may not have meant, so numbers and booleans are accepted in one spelling
-each: booleans `true`/`false`, integers ASCII digits with an optional minus sign, seconds ASCII
-decimals. Body fields must be JSON values of the declared type (pydantic's strict mode).
-Query parameters, overridden by body fields of the same name, are validated as one model
-that names the first bad one in a 422.
+Each route's parameters are one pydantic model. It validates them (query values overridden by
+JSON body fields of the same name, one 422 naming the first bad one), and it is what the OpenAPI
+schema documents (`openapi_parameters`). Routes read the query themselves rather than through
+FastAPI's parameter declarations: one declaration, and no per-request dependency solving.
+
+Lax parsing turns `normalize=yes`, `top_k=1_0`, `"top_k": true` or a Unicode digit into values
+the client may not have meant, so numbers and booleans are accepted in one spelling each: in the
+query, booleans `true`/`false` and integers ASCII digits with an optional minus sign; in a JSON
+body, JSON values of the declared type (pydantic's strict mode); in headers, ASCII decimals.
 """
 
 from __future__ import annotations
 
 import functools
 import re
-from typing import Annotated, Any, Literal
+from collections.abc import Callable, Mapping
+from typing import Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, create_model
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from service.errors import invalid_parameter
+from service.errors import InvalidParameter, invalid_parameter
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 _SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
 
 
-def _integer(value: object) -> object:
-    if isinstance(value, str):
-        if not _INTEGER.fullmatch(value):
-            raise ValueError("must be an integer written in ASCII digits")
-        return int(value)
-    return value
+def _integer(text: str) -> int:
+    if not _INTEGER.fullmatch(text):
+        raise ValueError("must be an integer written in ASCII digits")
+    return int(text)
 
 
-def _boolean(value: object) -> object:
-    if isinstance(value, str):
-        if value not in ("true", "false"):
-            raise ValueError("must be true or false")
-        return value == "true"
-    return value
+def _boolean(text: str) -> bool:
+    if text not in ("true", "false"):
+        raise ValueError("must be true or false")
+    return text == "true"
 
 
-def _seconds(value: object) -> object:
-    if isinstance(value, str):
-        if not _SECONDS.fullmatch(value):
-            raise ValueError("must be a number of seconds in ASCII digits, like 2 or 0.5")
-        return float(value)
-    return value
+_FROM_QUERY: dict[str, Callable[[str], Any]] = {"integer": _integer, "boolean": _boolean}
 
 
 def parse_count(text: str) -> int | None:
@@ -51,25 +47,29 @@ def parse_count(text: str) -> int | None:
     return int(text) if text.isascii() and text.isdigit() and len(text) <= 18 else None
 
 
-QueryInt = Annotated[int, BeforeValidator(_integer)]
-QueryBool = Annotated[bool, BeforeValidator(_boolean)]
-HeaderSeconds = Annotated[float, BeforeValidator(_seconds)]
+def parse_seconds(name: str, text: str | None) -> float | None:
+    """A header's positive number of seconds (ASCII decimal), None when absent; 422 otherwise."""
+    if text is None:
+        return None
+    if not _SECONDS.fullmatch(text) or float(text) <= 0:
+        raise InvalidParameter(f"{name} must be a positive number of seconds in ASCII digits, like 2 or 0.5")
+    return float(text)
+
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
 
 
-@functools.cache
-def classify_params(num_classes: int) -> type[BaseModel]:
-    """top_k bounded by this model's number of classes (built once per head size)."""
-    return create_model(
-        "ClassifyParams", __config__=_STRICT, top_k=(int, Field(min(5, num_classes), ge=1, le=num_classes))
-    )
+class ClassifyParams(BaseModel):
+    model_config = _STRICT
+    top_k: int | None = Field(None, ge=1, description="predictions per image: 1 … classes (default: 5, or classes)")
 
 
 class EmbeddingParams(BaseModel):
     model_config = _STRICT
-    normalize: bool = False
-    encoding_format: Literal["float", "base64"] = "float"
+    normalize: bool = Field(False, description="return y / ‖y‖₂ instead of y")
+    encoding_format: Literal["float", "base64"] = Field(
+        "float", description="floats, or base64 of the little-endian float32 bytes"
+    )
 
 
 class OpenAIEmbeddingParams(EmbeddingParams):
@@ -82,14 +82,62 @@ class OpenAIEmbeddingParams(EmbeddingParams):
 
 class FeatureParams(BaseModel):
     model_config = _STRICT
-    layer: int = -1
-    tokens: Literal["all", "patch"] = "all"
-    dtype: Literal["float32", "float16"] = "float32"
+    layer: int = Field(-1, description="hidden state z_l: 0 … L, or counted from the end (-1 = z_L, -2 for LLaVA)")
+    tokens: Literal["all", "patch"] = Field("all", description="all: [class] then the patches; patch: the patches")
+    dtype: Literal["float32", "float16"] = Field("float32", description="the features' number format")
+
+
+@functools.cache
+def _query_types(model: type[BaseModel]) -> dict[str, str]:
+    """Each field's JSON type ("integer", "boolean", "string"), from the model's own schema."""
+    types = {}
+    for name, schema in model.model_json_schema()["properties"].items():
+        options = [s.get("type") for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
+        types[name] = options[0] if options else "string"
+    return types
+
+
+def from_query(model: type[BaseModel], query: Mapping[str, str]) -> dict[str, Any]:
+    """The query parameters `model` declares, as the JSON values they spell (others are ignored);
+    a spelling that is not one is a 422 naming it, before the body is read."""
+    values = {}
+    for name, kind in _query_types(model).items():
+        text = query.get(name)
+        if text is not None:
+            try:
+                values[name] = _FROM_QUERY.get(kind, str)(text)
+            except ValueError as exc:
+                raise InvalidParameter(f"{name}: {exc}") from None
+    return values
 
 
 def merge(model: type[BaseModel], query: dict[str, Any], body: dict[str, Any]) -> Any:
-    """Query parameters, overridden by JSON body fields; one 422 naming the first bad one."""
+    """Query values (from `from_query`), overridden by JSON body fields; one 422 naming the
+    first bad one."""
     try:
-        return model.model_validate({**{k: v for k, v in query.items() if v is not None}, **body})
+        return model.model_validate({**query, **body})
     except ValidationError as exc:
         raise invalid_parameter(exc.errors()) from None
+
+
+def openapi_parameters(model: type[BaseModel] | None) -> list[dict[str, Any]]:
+    """The OpenAPI parameters of a route whose query `model` declares, and X-Request-Timeout."""
+    parameters = []
+    if model is not None:
+        for name, schema in model.model_json_schema()["properties"].items():
+            schema = {k: v for k, v in schema.items() if k not in ("title", "description")}
+            description = model.model_fields[name].description
+            parameters.append(
+                {"name": name, "in": "query", "required": False, "schema": schema}
+                | ({"description": description} if description else {})
+            )
+    parameters.append(
+        {
+            "name": "X-Request-Timeout",
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string", "pattern": _SECONDS.pattern},
+            "description": "seconds (ASCII decimal); may only shorten the server's deadline",
+        }
+    )
+    return parameters

@@ -22,13 +22,13 @@ from service.engine import Batcher, Engine, ItemResult
 from service.errors import (
     ClientDisconnected,
     InvalidImage,
-    InvalidParameter,
     PayloadTooLarge,
     ServiceError,
     UnsupportedMediaType,
 )
 from service.inputs import ParsedInput, parse_images
 from service.metrics import Metrics
+from service.params import parse_seconds
 from service.settings import Resolved, Settings
 
 
@@ -44,13 +44,12 @@ class Serving:
     decode_pool: DecodePool
 
 
-def deadline_of(settings: Settings, timeout_header: float | None) -> float:
+def deadline_of(request: Request, settings: Settings) -> float:
     """The request's deadline (monotonic): the server's timeout, shortened by X-Request-Timeout."""
     timeout = settings.request_timeout_s
-    if timeout_header is not None:
-        if not 0 < timeout_header < float("inf"):
-            raise InvalidParameter("X-Request-Timeout must be a positive number of seconds")
-        timeout = min(timeout, timeout_header)  # may only shorten the server's deadline
+    asked = parse_seconds("X-Request-Timeout", request.headers.get("x-request-timeout"))
+    if asked is not None:
+        timeout = min(timeout, asked)  # may only shorten the server's deadline
     return time.monotonic() + timeout
 
 

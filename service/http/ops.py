@@ -4,20 +4,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from fastapi import APIRouter, Response
+from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import schemas
-from service.http.deps import Authorized, Ready, State
+from service.http.access import ERRORS, SECURED, admit, state_of
 
 router = APIRouter()
 
 
-@router.get("/v1/models", response_model=schemas.ModelsResponse, dependencies=Authorized)
-async def models(serving: Ready) -> dict[str, Any]:
+@router.get("/v1/models", response_model=schemas.ModelsResponse, responses=ERRORS, openapi_extra=SECURED)
+async def models(request: Request) -> dict[str, Any]:
     """The served model: its shape, device, dtype, checkpoint and batching."""
-    engine = serving.engine
+    async with admit(request) as serving:
+        engine = serving.engine
     cfg, ckpt = engine.model.cfg, engine.checkpoint
     return {
         "data": [
@@ -50,15 +51,16 @@ async def healthz() -> dict[str, str]:
 
 
 @router.get("/readyz", response_model=schemas.Status, responses={503: {"model": schemas.Status}})
-async def readyz(state: State) -> JSONResponse:
+async def readyz(request: Request) -> JSONResponse:
     """Readiness: weights loaded, warm-up done, batch loop running."""
-    status = state.readiness
+    status = state_of(request).readiness
     return JSONResponse({"status": status}, status_code=200 if status == "ready" else 503)
 
 
 @router.get("/metrics", response_class=Response)
-async def metrics(state: State) -> Response:
+async def metrics(request: Request) -> Response:
     """Prometheus text format (docs/API.md, Metrics)."""
+    state = state_of(request)
     if state.engine is not None:
         for kind, value in state.engine.gpu_memory().items():
             state.metrics.gpu_memory.labels(kind=kind).set(value)

@@ -4,24 +4,24 @@ any of three forms (docs/API.md, Sending images)."""
 from __future__ import annotations
 
 import base64
-from typing import Annotated, Any
+from typing import Any
 
 import numpy as np
-from fastapi import APIRouter, Query, Request
+from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from service import schemas
 from service.errors import InferenceFailed, InvalidParameter, InvalidRequest
-from service.http.deps import ERRORS, Authorized, Ready, TimeoutHeader, require_model
+from service.http.access import ERRORS, SECURED, admit, require_model
 from service.params import (
+    ClassifyParams,
     EmbeddingParams,
     FeatureParams,
     OpenAIEmbeddingParams,
-    QueryBool,
-    QueryInt,
-    classify_params,
+    from_query,
     merge,
+    openapi_parameters,
 )
 from service.pipeline import Serving, compute, deadline_of, read_images
 
@@ -32,16 +32,15 @@ async def receive(
     request: Request,
     serving: Serving,
     endpoint: str,
-    timeout_header: float | None,
-    query: dict[str, Any],
     params_model: type[BaseModel],
     openai_model: type[BaseModel] | None = None,
 ) -> tuple[list[bytes], Any, float]:
-    """The opening every /v1 image route shares: the request's deadline, the body's images
-    (counted before anything is decoded), and its parameters (the query's, overridden by body
-    fields) validated by `params_model`, or by `openai_model` for OpenAI's `input` form, which
-    only a route that gives one accepts."""
-    deadline = deadline_of(serving.settings, timeout_header)
+    """The opening every /v1 image route shares: the request's deadline and query (checked
+    before the body is read), the body's images (counted before anything is decoded), and the
+    parameters (the query's, overridden by body fields) validated by `params_model`, or by
+    `openai_model` for OpenAI's `input` form, which only a route that gives one accepts."""
+    deadline = deadline_of(request, serving.settings)
+    query = from_query(params_model, request.query_params)
     parsed = await read_images(request, serving, deadline)
     if parsed.openai and openai_model is None:
         raise InvalidRequest(f'"input" is the OpenAI embeddings form, for /v1/embeddings; {endpoint} takes "images"')
@@ -49,32 +48,29 @@ async def receive(
     return parsed.images, merge(model, query, parsed.params), deadline
 
 
-# what the image routes declare: their error responses, the three body forms, API keys
-IMAGE_ROUTE: dict[str, Any] = {"responses": ERRORS, "openapi_extra": schemas.IMAGE_BODY, "dependencies": Authorized}
-EMBEDDINGS_ROUTE = IMAGE_ROUTE | {"openapi_extra": schemas.EMBEDDINGS_BODY}
+def _route(params: type[BaseModel], body: dict[str, Any] = schemas.IMAGE_BODY) -> dict[str, Any]:
+    """What an image route declares: its parameters, the body forms, errors and the bearer key."""
+    return {"responses": ERRORS, "openapi_extra": {"parameters": openapi_parameters(params), **body, **SECURED}}
 
 
-@router.post("/v1/classify", response_model=schemas.ClassifyResponse, **IMAGE_ROUTE)
-async def classify(
-    request: Request,
-    serving: Ready,
-    top_k: Annotated[QueryInt | None, Query(ge=1, description="predictions per image (1 … classes, default 5)")] = None,
-    x_request_timeout: TimeoutHeader = None,
-) -> JSONResponse:
+@router.post("/v1/classify", response_model=schemas.ClassifyResponse, **_route(ClassifyParams))
+async def classify(request: Request) -> JSONResponse:
     """Top-k labels for each image."""
-    labels = serving.engine.labels
-    if not labels:
-        raise InvalidParameter("this model has no classification head; use /v1/embeddings")
-    endpoint, query = "/v1/classify", {"top_k": top_k}
-    images, params, deadline = await receive(
-        request, serving, endpoint, x_request_timeout, query, classify_params(len(labels))
-    )
-    results = await compute(request, serving, endpoint, images, deadline)
+    async with admit(request) as serving:
+        labels = serving.engine.labels
+        if not labels:
+            raise InvalidParameter("this model has no classification head; use /v1/embeddings")
+        endpoint = "/v1/classify"
+        images, params, deadline = await receive(request, serving, endpoint, ClassifyParams)
+        k = params.top_k or min(5, len(labels))
+        if k > len(labels):
+            raise InvalidParameter(f"top_k: must be at most {len(labels)}, the number of classes")
+        results = await compute(request, serving, endpoint, images, deadline)
     out = []
     for result in results:
         if result.probs is None:  # labels exist only for a model with a head
             raise InferenceFailed("the model returned no class scores")
-        scores, indices = result.probs.topk(params.top_k)
+        scores, indices = result.probs.topk(k)
         out.append(
             {
                 "predictions": [
@@ -87,28 +83,23 @@ async def classify(
 
 
 @router.post(
-    "/v1/embeddings", response_model=schemas.EmbeddingsResponse | schemas.OpenAIEmbeddingsResponse, **EMBEDDINGS_ROUTE
+    "/v1/embeddings",
+    response_model=schemas.EmbeddingsResponse | schemas.OpenAIEmbeddingsResponse,
+    **_route(EmbeddingParams, schemas.EMBEDDINGS_BODY),
 )
-async def embeddings(
-    request: Request,
-    serving: Ready,
-    normalize: Annotated[QueryBool | None, Query(description="return y / ‖y‖₂: true or false (default)")] = None,
-    encoding_format: Annotated[str | None, Query(description="float (default) or base64")] = None,
-    x_request_timeout: TimeoutHeader = None,
-) -> JSONResponse:
+async def embeddings(request: Request) -> JSONResponse:
     """The [class]-token embedding y = LN(z_L⁰) of each image; a body with `input` (OpenAI's
     embeddings request) gets OpenAI's response shape."""
-    endpoint, query = "/v1/embeddings", {"normalize": normalize, "encoding_format": encoding_format}
-    images, params, deadline = await receive(
-        request, serving, endpoint, x_request_timeout, query, EmbeddingParams, OpenAIEmbeddingParams
-    )
-    engine = serving.engine
-    openai = isinstance(params, OpenAIEmbeddingParams)
-    if openai:
-        require_model(engine, params.model)
-        if params.dimensions is not None and params.dimensions != engine.model.cfg.embed_dim:
-            raise InvalidParameter(f"dimensions: this model's embeddings have {engine.model.cfg.embed_dim}")
-    results = await compute(request, serving, endpoint, images, deadline)
+    async with admit(request) as serving:
+        endpoint = "/v1/embeddings"
+        images, params, deadline = await receive(request, serving, endpoint, EmbeddingParams, OpenAIEmbeddingParams)
+        engine = serving.engine
+        openai = isinstance(params, OpenAIEmbeddingParams)
+        if openai:
+            require_model(engine, params.model)
+            if params.dimensions is not None and params.dimensions != engine.model.cfg.embed_dim:
+                raise InvalidParameter(f"dimensions: this model's embeddings have {engine.model.cfg.embed_dim}")
+        results = await compute(request, serving, endpoint, images, deadline)
     vectors = []
     for result in results:
         y = result.embedding.numpy()
@@ -129,23 +120,17 @@ async def embeddings(
     return JSONResponse({"model": engine.model_id, "dim": engine.model.cfg.embed_dim, "data": data})
 
 
-@router.post("/v1/features", response_model=schemas.FeaturesResponse, **IMAGE_ROUTE)
-async def features(
-    request: Request,
-    serving: Ready,
-    layer: Annotated[QueryInt | None, Query(description="hidden state z_l: 0 … L, or from the end (-1 = z_L)")] = None,
-    tokens: Annotated[str | None, Query(description="all (default: [class] and patches) or patch")] = None,
-    dtype: Annotated[str | None, Query(description="float32 (default) or float16")] = None,
-    x_request_timeout: TimeoutHeader = None,
-) -> JSONResponse:
+@router.post("/v1/features", response_model=schemas.FeaturesResponse, **_route(FeatureParams))
+async def features(request: Request) -> JSONResponse:
     """One layer's hidden states for each image, as LLaVA-style vision-language models read them."""
-    endpoint, query = "/v1/features", {"layer": layer, "tokens": tokens, "dtype": dtype}
-    images, params, deadline = await receive(request, serving, endpoint, x_request_timeout, query, FeatureParams)
-    try:
-        serving.engine.model.layer_index(params.layer)  # the model's own bounds: 0 … L, or -(L+1) … -1
-    except ValueError as exc:
-        raise InvalidParameter(str(exc)) from None  # "layer 3 is outside -3..2"
-    results = await compute(request, serving, endpoint, images, deadline, params.layer)
+    async with admit(request) as serving:
+        endpoint = "/v1/features"
+        images, params, deadline = await receive(request, serving, endpoint, FeatureParams)
+        try:
+            serving.engine.model.layer_index(params.layer)  # the model's own bounds: 0 … L, or -(L+1) … -1
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from None  # "layer 3 is outside -3..2"
+        results = await compute(request, serving, endpoint, images, deadline, params.layer)
     dtype_code = "<f2" if params.dtype == "float16" else "<f4"
     data = []
     for i, result in enumerate(results):

@@ -24,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from service import __version__, schemas
 from service.engine import Engine
 from service.errors import InvalidRequest, UnsupportedMediaType, first_error
-from service.http.deps import Authorized, Ready, State, TimeoutHeader, require_model
+from service.http.access import SECURED, admit, require_model, state_of
 from service.inputs import check_image_count, decode_base64, load_json, parse_off_loop, read_body
-from service.params import parse_count
+from service.params import openapi_parameters, parse_count
 from service.pipeline import Serving, compute, deadline_of
 
 INPUTS = {"BYTES": "image", "UINT8": "pixels", "FP32": "pixel_values"}
@@ -76,22 +76,24 @@ async def live() -> dict[str, bool]:
 
 
 @router.get("/health/ready")
-async def ready(state: State) -> JSONResponse:
+async def ready(request: Request) -> JSONResponse:
     """The model is loaded, warmed up and its batch loop runs: like /readyz."""
-    is_ready = state.readiness == "ready"
+    is_ready = state_of(request).readiness == "ready"
     return JSONResponse({"ready": is_ready}, status_code=200 if is_ready else 503)
 
 
 @router.get("/models/{name}/ready")
-async def model_ready(name: str, state: State) -> JSONResponse:
-    if state.engine is not None:
-        require_model(state.engine, name)
-    return await ready(state)
+async def model_ready(name: str, request: Request) -> JSONResponse:
+    engine = state_of(request).engine
+    if engine is not None:
+        require_model(engine, name)
+    return await ready(request)
 
 
-@router.get("/models/{name}", dependencies=Authorized)
-async def model_metadata(name: str, serving: Ready) -> dict[str, Any]:
-    engine = serving.engine
+@router.get("/models/{name}", openapi_extra=SECURED)
+async def model_metadata(name: str, request: Request) -> dict[str, Any]:
+    async with admit(request) as serving:
+        engine = serving.engine
     require_model(engine, name)
     size = engine.image_size
     return {
@@ -115,12 +117,17 @@ def _outputs(engine: Engine) -> list[dict[str, Any]]:
     return outputs
 
 
-@router.post("/models/{name}/infer", dependencies=Authorized)
-async def infer(name: str, request: Request, serving: Ready, x_request_timeout: TimeoutHeader = None) -> Response:
+@router.post("/models/{name}/infer", openapi_extra={"parameters": openapi_parameters(None), **SECURED})
+async def infer(name: str, request: Request) -> Response:
     """Probabilities and embeddings of a batch of images, computed in the shared batches."""
+    async with admit(request) as serving:
+        return await _infer(name, request, serving)
+
+
+async def _infer(name: str, request: Request, serving: Serving) -> Response:
     engine = serving.engine
     require_model(engine, name)
-    deadline = deadline_of(serving.settings, x_request_timeout)
+    deadline = deadline_of(request, serving.settings)
     body, binary = await _request(request, serving, deadline)
     if len(body.inputs) != 1:
         raise InvalidRequest(f"expected one input tensor (image, pixels or pixel_values), got {len(body.inputs)}")

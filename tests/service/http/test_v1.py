@@ -204,6 +204,14 @@ async def test_api_keys() -> None:
         assert (await c.get("/v1/models")).status_code == 401
         for open_path in ("/healthz", "/readyz", "/metrics"):
             assert (await c.get(open_path)).status_code == 200
+        schema = (await c.get("/openapi.json")).json()  # the schema says which routes need a key, and how
+        assert schema["components"]["securitySchemes"]["bearer"] == {
+            "type": "http",
+            "scheme": "bearer",
+            "description": "one of VIT_API_KEYS, when set",
+        }
+        assert schema["paths"]["/v1/classify"]["post"]["security"] == [{"bearer": []}]
+        assert "security" not in schema["paths"]["/healthz"]["get"]
 
 
 async def test_warmup_and_every_batch_run_on_the_engines_thread() -> None:
