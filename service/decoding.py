@@ -109,6 +109,11 @@ class DecodePool:
     async def decode_all(self, images: Sequence[bytes]) -> list[np.ndarray]:
         """Decode a request's images, at most `per_request` at a time; the first failure (as
         DecodeFailed) abandons the rest: images not yet started are never decoded."""
+        if len(images) == 1:  # the usual request: no tasks to run side by side
+            try:
+                return [await self.decode(images[0])]
+            except ImageError as exc:
+                raise DecodeFailed(0, exc) from None
         slots = asyncio.Semaphore(self.per_request)
 
         async def one(index: int, data: bytes) -> np.ndarray:

@@ -175,6 +175,8 @@ class Batcher(Generic[Staged]):
         self._wakeup.set()
         try:
             async with asyncio.timeout_at(loop.time() + (deadline - now)):
+                if len(items) == 1:  # the usual request: its future alone, not a gathering of one
+                    return [await items[0].future]
                 return list(await asyncio.gather(*(item.future for item in items)))
         except TimeoutError:
             raise DeadlineExceeded("the request was not computed within its deadline") from None

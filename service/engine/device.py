@@ -162,9 +162,10 @@ class Engine:
             return torch.stack(
                 [self.stage([image])[0] if image.dtype == torch.uint8 else image for image in images]
             ).to(self.device, self.dtype)
-        batch = torch.stack(images)
         if self.device.type == "cuda":
-            batch = batch.pin_memory().to(self.device, non_blocking=True)
+            batch = torch.stack(images).pin_memory().to(self.device, non_blocking=True)
+        else:  # decoded images are (3, S, S) views of (S, S, 3) arrays: stacked as those, one copy each
+            batch = torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
         return normalize(batch, self.preprocess.mean, self.preprocess.std, self.dtype)
 
     @torch.inference_mode()
