@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 import torch
@@ -18,6 +20,8 @@ from model.preprocess import (
     decode_image,
     load_image,
     normalize,
+    resize,
+    shorter_side,
 )
 from tests.images import encode, gradient, photo, png_header_claiming
 from tests.service.bombs import progressive_jpeg_with_scans, tiff_with_tile
@@ -207,3 +211,22 @@ def test_jpeg_draft_leaves_images_under_twice_the_needed_size_exact() -> None:
     data = encode(photo(), "JPEG", quality=90)  # 451×300: not twice a 224 crop's 256
     cfg = PreprocessConfig(resize_mode="crop", crop_pct=0.875)
     assert np.array_equal(decode_image(data, 224, cfg, draft=True), decode_image(data, 224, cfg))
+
+
+def _pillow_only(data: bytes, needed: int) -> Image.Image:
+    """Pillow's own decode (at the DCT scale for `needed` pixels, when given), in RGB."""
+    image = Image.open(io.BytesIO(data))
+    if needed:
+        image.draft(None, (needed, needed))
+    return image.convert("RGB")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+@pytest.mark.parametrize("draft", [False, True], ids=["full", "draft"])
+def test_an_ordinary_jpeg_gets_pillows_pixels_from_simplejpeg(mode: str, draft: bool) -> None:
+    """Upright RGB and greyscale JPEGs are decoded by simplejpeg: exactly Pillow's pixels (at the
+    same DCT scale in draft mode: 2000×1400 at 1/2 for a 224 crop), resized as Pillow's would be."""
+    data = encode(photo().resize((2000, 1400)).convert(mode), "JPEG", quality=90)
+    cfg = PreprocessConfig(resize_mode="crop", crop_pct=0.875, interpolation="bicubic")
+    expected = resize(_pillow_only(data, 2 * shorter_side(224, cfg) if draft else 0), 224, cfg)
+    assert np.array_equal(decode_image(data, 224, cfg, draft=draft), np.asarray(expected))
