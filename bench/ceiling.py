@@ -41,7 +41,6 @@ from bench.workload import jpeg
 from model.preprocess import PreprocessConfig, load_image, normalize
 
 MODEL = "vit_null_patch56_224"
-SIZES = ("224", "500x375")
 # The server's preprocessing for a preset without a checkpoint (squash, bilinear), timed in process.
 PREPROCESS = PreprocessConfig()
 
@@ -53,6 +52,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", default="1,16")
     parser.add_argument("--pin-server", default=None, help="CPU list for the server (taskset -c)")
     parser.add_argument("--pin-client", default=None, help="CPU list for wrk (taskset -c)")
+    parser.add_argument("--sizes", default="224,500x375", help="JPEG sizes to classify (4000x3000: a phone photo)")
+    parser.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True, help="/healthz, /v1/models")
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
@@ -61,8 +62,10 @@ def main(argv: list[str] | None = None) -> None:
     client = "wrk" if shutil.which("wrk") else "python (bench.load; wrk not installed)"
     points = []
     with _server(args.pin_server) as (url, pid), tempfile.TemporaryDirectory() as tmp:
-        targets: list[tuple[str, str, bytes | None]] = [("healthz", "/healthz", None), ("models", "/v1/models", None)]
-        targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in SIZES]
+        targets: list[tuple[str, str, bytes | None]] = []
+        if args.floors:
+            targets += [("healthz", "/healthz", None), ("models", "/v1/models", None)]
+        targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in args.sizes.split(",")]
         for name, path, body in targets:
             for concurrency in levels:
                 decode_ms = [_decode_ms(body)] if body is not None else []  # beside the load: the host drifts
@@ -107,10 +110,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 class _server:
-    """vit-serve with the null model on 127.0.0.1, optionally pinned; yields (url, pid)."""
+    """vit-serve with the null model on 127.0.0.1, optionally pinned, run from the checkout
+    `tree` (default: this one); yields (url, pid)."""
 
-    def __init__(self, cpus: str | None) -> None:
-        self.cpus = cpus
+    def __init__(self, cpus: str | None, tree: Path | None = None) -> None:
+        self.cpus, self.tree = cpus, tree
 
     def __enter__(self) -> tuple[str, int]:
         port = _free_port()
@@ -130,7 +134,7 @@ class _server:
         cmd = [sys.executable, "-m", "service"]
         if self.cpus:
             cmd = ["taskset", "-c", self.cpus, *cmd]
-        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL)
+        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, cwd=self.tree)
         url = f"http://127.0.0.1:{port}"
         for _ in range(1200):
             try:
@@ -210,8 +214,9 @@ def _ms(text: str) -> float:
     return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
-def _decode_ms(data: bytes, rounds: int = 5, repeat: int = 100) -> float:
-    """Decode, resize (the server's defaults) and normalise one image in this process: median ms.
+def _decode_ms(data: bytes, rounds: int = 5, seconds: float = 0.2) -> float:
+    """Decode (in draft mode, as the server does by default), resize (the server's defaults) and
+    normalise one image in this process: the median of `rounds` rounds of `seconds` each, in ms.
     Measured just before and just after each load run, while the server idles: these hosts are
     shared, and a figure from a minute earlier can be off by half."""
     import torch
@@ -219,10 +224,11 @@ def _decode_ms(data: bytes, rounds: int = 5, repeat: int = 100) -> float:
     torch.set_num_threads(1)
     times = []
     for _ in range(rounds):
-        start = time.perf_counter()
-        for _ in range(repeat):
-            normalize(load_image(data, 224, PREPROCESS)[None], PREPROCESS.mean, PREPROCESS.std)
-        times.append((time.perf_counter() - start) / repeat * 1000)
+        start, done = time.perf_counter(), 0
+        while done < 3 or time.perf_counter() - start < seconds:
+            normalize(load_image(data, 224, PREPROCESS, draft=True)[None], PREPROCESS.mean, PREPROCESS.std)
+            done += 1
+        times.append((time.perf_counter() - start) / done * 1000)
     return statistics.median(times)
 
 

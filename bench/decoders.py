@@ -82,7 +82,7 @@ def main() -> None:
     args = parser.parse_args()
     decoders, missing = _decoders()
     for name, reason in missing.items():
-        print(f"{name}: not measured ({reason})")
+        print(f"{name}: not measured ({' '.join(reason.split())})")
     cases = [(size, jpeg(size), False, 200) for size in SIZES]
     cases += [(f"{PHONE} full", jpeg(PHONE), False, 3), (f"{PHONE} scaled", jpeg(PHONE), True, 10)]
     for label, data, scaled, repeat in cases:

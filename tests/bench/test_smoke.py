@@ -61,3 +61,16 @@ def test_the_ceiling_benchmark_runs(tmp_path) -> None:
     assert all(p["errors"] == 0 and p["requests"] > 0 for p in result["points"])
     assert all(p["cpu_over_decode"] > 0 for p in result["points"] if p["target"].startswith("classify"))
     assert (tmp_path / "ceiling.png").stat().st_size > 0 and "× decode+resize+normalise" in out
+
+
+def test_the_decoder_comparison_and_the_ab_run(tmp_path: Path) -> None:
+    measured = [line for line in _run("bench.decoders", "--rounds", "1").splitlines() if "not measured" not in line]
+    assert [line.split(":")[0] for line in measured] == [
+        "224",
+        "500x375",
+        "4000x3000 full",
+        "4000x3000 scaled",
+    ]
+    assert all("service (simplejpeg)" in line and "(max |Δ| 0)" in line for line in measured[:3])
+    ab = _run("bench.ab", ".", "--rounds", "1", "--duration", "1", "--sizes", "224").splitlines()
+    assert ab[-1].startswith("224: this tree's server CPU per request ÷ the other's, per round: ")
