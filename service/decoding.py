@@ -19,6 +19,7 @@ so a request full of time bombs leaves a process for everyone else.
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import logging
 import math
@@ -45,7 +46,11 @@ _REFUSALS: tuple[tuple[bytes, type[ImageError]], ...] = (
     (b"F", UnsupportedImageFormat),
     (b"E", ImageError),
 )
-_SEND_IN_THREAD = 1 << 20  # larger bodies are written to the pipe off the event loop
+# The job pipe holds this much (Linux's default ceiling for an unprivileged process, asked for
+# with F_SETPIPE_SZ; 64 KiB where refused): a body that fits is written at once, since a worker is
+# sent an image only when idle with its pipe empty; a larger one would block until the worker has
+# read most of it, so it is written from a thread instead of the event loop.
+_PIPE_BYTES = 1 << 20
 
 
 class DecodeFailed(Exception):
@@ -168,6 +173,10 @@ class _Worker:
         self.pool = pool
         self.loop = asyncio.get_running_loop()
         job_read, job_write = os.pipe()
+        try:
+            self.pipe_bytes = fcntl.fcntl(job_write, fcntl.F_SETPIPE_SZ, _PIPE_BYTES)
+        except OSError:  # above /proc/sys/fs/pipe-max-size, or the user's pipe buffers are used up
+            self.pipe_bytes = fcntl.fcntl(job_write, fcntl.F_GETPIPE_SZ)
         result_read, result_write = os.pipe()
         self.shared = os.memfd_create("vit-decode-pixels")
         size = math.prod(pool.shape)
@@ -200,7 +209,7 @@ class _Worker:
             timeout_s, self.kill, ImageTooLarge(f"decoding took longer than the limit ({timeout_s:g} s)")
         )
         try:
-            if len(data) > _SEND_IN_THREAD:
+            if len(data) + 4 > self.pipe_bytes:  # 4: the length before the bytes
                 await self.loop.run_in_executor(None, self.jobs.send_bytes, data)
             else:
                 self.jobs.send_bytes(data)
