@@ -83,6 +83,7 @@ class ModelInfo(BaseModel):
     heads: int
     device: str
     dtype: str
+    dtype_reason: str = Field(description="why this dtype: VIT_DTYPE, or what auto found (CPU flags, start-up probe)")
     checkpoint: CheckpointInfo
     max_batch_size: int
     max_wait_ms: float

@@ -30,11 +30,10 @@ from model.config import PRESETS, preset
 from model.labels import resolve_labels
 from model.preprocess import PreprocessConfig, normalize
 from model.vit import VisionTransformer
+from service.engine.precision import choose_dtype, native_bf16, probe
 from service.settings import BUILTIN_MODEL, Settings
 
 log = logging.getLogger(__name__)
-
-DTYPES = {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}
 
 
 def builtin_path(name: str = BUILTIN_MODEL) -> Path:
@@ -48,14 +47,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"VIT_DEVICE={name} but no CUDA device is available")
     return device
-
-
-def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
-    if name != "auto":
-        return DTYPES[name]
-    if device.type == "cuda" and torch.cuda.is_bf16_supported():
-        return torch.bfloat16
-    return torch.float32
 
 
 @dataclass
@@ -80,6 +71,7 @@ class Engine:
         dtype: torch.dtype,
         compile_model: bool,
         torch_thread: ThreadPoolExecutor,
+        dtype_reason: str = "",
     ) -> None:
         self.checkpoint = checkpoint
         self.model_id = model_id
@@ -96,6 +88,7 @@ class Engine:
         self.buckets: list[int] = []  # the batch sizes warmed up; a compiled model runs only these
         self._lock = threading.Lock()  # one forward pass at a time, whoever calls
         self.torch_thread = torch_thread  # the thread it was loaded on: see the module docstring
+        self.dtype_reason = dtype_reason  # why this dtype (engine/precision.py), for the log and /v1/models
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
@@ -125,15 +118,22 @@ class Engine:
             if getattr(settings, k) is not None
         }
         device = resolve_device(settings.device)
+        resolved = settings.resolve(device.type)
+        size = ckpt.config.image_size
+        choice = choose_dtype(
+            settings.dtype, device, native_bf16(), lambda: probe(ckpt.model, min(8, resolved.max_batch_size), size)
+        )
+        (log.warning if choice.emulated else log.info)("dtype: %s", choice.reason)
         return cls(
             ckpt,
             model_id,
             labels,
             replace(ckpt.preprocess, **overrides),
             device,
-            resolve_dtype(settings.dtype, device),
-            settings.resolve(device.type).compile,
+            choice.dtype,
+            resolved.compile,
             torch_thread,
+            choice.reason,
         )
 
     @property

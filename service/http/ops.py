@@ -32,6 +32,7 @@ async def models(request: Request) -> dict[str, Any]:
                 "heads": cfg.num_heads,
                 "device": str(engine.device),
                 "dtype": engine.dtype_name,
+                "dtype_reason": engine.dtype_reason,
                 "checkpoint": {
                     "format": ckpt.format,
                     "path": str(ckpt.path) if ckpt.path else None,

@@ -74,3 +74,11 @@ def test_the_decoder_comparison_and_the_ab_run(tmp_path: Path) -> None:
     assert all("service (simplejpeg)" in line and "(max |Δ| 0)" in line for line in measured[:3])
     ab = _run("bench.ab", ".", "--rounds", "1", "--duration", "1", "--sizes", "224").splitlines()
     assert ab[-1].startswith("224: this tree's server CPU per request ÷ the other's, per round: ")
+
+
+def test_the_dtype_comparison_runs() -> None:
+    out = _run(
+        "bench.dtypes", "--model", "vit_test_tiny", "--rounds", "1", "--duration", "0.5", "--warmup", "0.2"
+    ).splitlines()
+    assert ", CPU native bf16 flag: " in out[0]
+    assert out[-2].startswith("auto ÷ float32, per round: ") and out[-1].startswith("embedding cosine, auto against")

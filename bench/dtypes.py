@@ -1,0 +1,114 @@
+"""`python -m bench.dtypes`: VIT_DTYPE=auto against float32, end to end through the server.
+
+One ViT-S/16 (`--model`) with random weights, saved once so both servers serve the same weights, is served
+with `VIT_DTYPE=float32` and with `VIT_DTYPE=auto` in turn, `--rounds` times; each is loaded with
+one 224×224 JPEG a request at concurrency 16 (bench.load's closed loop). Printed: images/s of
+each, auto's speed-up per round and its median, the dtype auto chose and why (from /v1/models),
+and the cosine between the two servers' embeddings of the benchmark's photos. The machine, its
+CPU flags and the date go with the figures: auto's choice depends on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import datetime
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import httpx
+import numpy as np
+import torch
+
+from bench.load import closed_loop
+from bench.systems import _free_port
+from bench.workload import jpeg
+from model.checkpoints import save_native
+from model.config import preset
+from model.preprocess import PreprocessConfig
+from model.vit import VisionTransformer
+from service.engine.precision import native_bf16
+
+
+def _serve(checkpoint: Path, model: str, dtype: str) -> tuple[subprocess.Popen[bytes], str]:
+    port = _free_port()
+    env = {
+        **os.environ,
+        "VIT_CHECKPOINT": str(checkpoint),
+        "VIT_MODEL": model,
+        "VIT_DTYPE": dtype,
+        "VIT_HOST": "127.0.0.1",
+        "VIT_PORT": str(port),
+        "VIT_DEVICE": "cpu",
+        "VIT_MAX_QUEUE_SIZE": "100000",
+        "VIT_LOG_LEVEL": "warning",
+    }
+    process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(1200):
+        try:
+            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                return process, url
+        except httpx.TransportError:
+            pass
+        time.sleep(0.1)
+    process.kill()
+    raise RuntimeError("vit-serve did not become ready")
+
+
+def _embeddings(url: str, photos: list[bytes]) -> np.ndarray:
+    body = {"images": [base64.b64encode(photo).decode() for photo in photos]}
+    data = httpx.post(f"{url}/v1/embeddings", json=body, timeout=120).json()["data"]
+    return np.array([item["embedding"] for item in data], dtype=np.float64)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.dtypes", description=__doc__)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=20.0)
+    parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--warmup", type=float, default=3.0)
+    parser.add_argument("--model", default="vit_small_patch16_224", help="a preset (random weights)")
+    args = parser.parse_args(argv)
+    print(f"{datetime.date.today()}, CPU native bf16 flag: {native_bf16() or 'none'}, torch {torch.__version__}")
+    photos = [jpeg("224", i) for i in range(3)] + [jpeg("500x375", i) for i in range(3)]
+    rates: dict[str, list[float]] = {"float32": [], "auto": []}
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        save_native(Path(tmp), VisionTransformer(preset(args.model)), None, PreprocessConfig())
+        embeddings: dict[str, np.ndarray] = {}
+        for round_ in range(args.rounds):
+            for dtype in rates:
+                process, url = _serve(Path(tmp), args.model, dtype)
+                try:
+                    model = httpx.get(f"{url}/v1/models").json()["data"][0]
+                    embeddings.setdefault(dtype, _embeddings(url, photos))
+                    load = closed_loop(
+                        f"{url}/v1/classify?top_k=1",
+                        photos[0],
+                        1,
+                        args.concurrency,
+                        warmup_s=args.warmup,
+                        duration_s=args.duration,
+                        content_type="image/jpeg",
+                    )
+                finally:
+                    process.terminate()
+                    process.wait(60)
+                rates[dtype].append(load.images_per_s)
+                print(f"round {round_ + 1} {dtype}: {load.images_per_s:.1f} images/s ({model['dtype_reason']})")
+    speedups = [a / f for a, f in zip(rates["auto"], rates["float32"], strict=True)]
+    shown = ", ".join(f"{s:.2f}" for s in speedups)
+    print(f"auto ÷ float32, per round: {shown}; median {statistics.median(speedups):.2f}")
+    a, f = embeddings["auto"], embeddings["float32"]
+    cosines = (a * f).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(f, axis=1))
+    print(f"embedding cosine, auto against float32, over {len(photos)} photos: min {cosines.min():.6f}")
+
+
+if __name__ == "__main__":
+    main()
