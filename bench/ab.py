@@ -44,7 +44,8 @@ def main(argv: list[str] | None = None) -> None:
                         cpu[(tree, size)].append(ms)
                         print(
                             f"round {round_ + 1} {tree} {size}: {load['requests_per_s']:.0f} requests/s, "
-                            f"{ms:.3f} ms server CPU per request",
+                            f"{ms:.3f} ms server CPU per request, "
+                            f"p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms",
                             flush=True,
                         )
     for size in sizes:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
+import gc
 import json
 import logging
 import math
@@ -285,6 +286,7 @@ def _serve(job_fd: int, result_fd: int, shared_fd: int, config: str) -> None:
     _, hard = resource.getrlimit(resource.RLIMIT_AS)
     limit = start_size + settings["memory"]
     resource.setrlimit(resource.RLIMIT_AS, (limit if hard == resource.RLIM_INFINITY else min(limit, hard), hard))
+    gc.freeze()  # the imports live as long as the process: no collection walks them (see lifecycle.py)
     results.send_bytes(_READY)
     while True:
         try:
