@@ -8,7 +8,9 @@ Python load generator of bench.load stands in, and the results say so), with one
 request at concurrency 1 and 16, 224×224 and ImageNet-like 500×375, and `/healthz` and
 `/v1/models` as floors. For each point: requests/s, the server's CPU per request (its process and
 its decode processes, from /proc), the in-process cost of decoding, resizing and normalising
-that image on the same machine, and their ratio. `--pin-server` and `--pin-client` take CPU
+that image on the same machine, and their ratio. Last, the same for the floor of any Python
+front-end: a bare uvicorn app that only decodes (bench.peers.decode_only; `--no-decode-only`
+skips it). `--pin-server` and `--pin-client` take CPU
 lists for taskset. Writes ceiling.json and ceiling.png to --out.
 
     python -m bench.ceiling --out docs/bench            # the full run (about two minutes)
@@ -54,39 +56,35 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--pin-client", default=None, help="CPU list for wrk (taskset -c)")
     parser.add_argument("--sizes", default="224,500x375", help="JPEG sizes to classify (4000x3000: a phone photo)")
     parser.add_argument("--floors", action=argparse.BooleanOptionalAction, default=True, help="/healthz, /v1/models")
+    parser.add_argument(
+        "--decode-only",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also the floor: a bare uvicorn app that only decodes (bench.peers.decode_only)",
+    )
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
         args.duration = 1.0
     levels = [int(c) for c in args.concurrency.split(",")]
     client = "wrk" if shutil.which("wrk") else "python (bench.load; wrk not installed)"
+    sizes = args.sizes.split(",")
     points = []
-    with _server(args.pin_server) as (url, pid), tempfile.TemporaryDirectory() as tmp:
-        targets: list[tuple[str, str, bytes | None]] = []
-        if args.floors:
-            targets += [("healthz", "/healthz", None), ("models", "/v1/models", None)]
-        targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in args.sizes.split(",")]
-        for name, path, body in targets:
-            for concurrency in levels:
-                decode_ms = [_decode_ms(body)] if body is not None else []  # beside the load: the host drifts
-                batches_before = _batch_totals(url)  # outside the CPU window
-                main_before, decode_before = _cpu_seconds(pid)
-                load = _load(url + path, body, concurrency, args.duration, args.pin_client, Path(tmp))
-                main_after, decode_after = _cpu_seconds(pid)
-                batches_after = _batch_totals(url)
-                batches, images = (batches_after[i] - batches_before[i] for i in (0, 1))
-                per_request = 1000 / max(1, load["requests"])
-                point: dict[str, Any] = {"target": name, "concurrency": concurrency, **load}
-                used = main_after - main_before + decode_after - decode_before
-                point["server_cpu_ms_per_request"] = per_request * used
-                point["decode_processes_cpu_ms_per_request"] = per_request * (decode_after - decode_before)
-                point["mean_batch_size"] = images / batches if batches else 0.0
-                if body is not None:
-                    point["decode_ms"] = statistics.mean([*decode_ms, _decode_ms(body)])
-                    point["cpu_over_decode"] = point["server_cpu_ms_per_request"] / point["decode_ms"]
-                    point["model_ms_per_request"] = _model_ms(round(point["mean_batch_size"]))
-                points.append(point)
-                print(_line(point), flush=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        with _server(args.pin_server) as (url, pid):
+            targets: list[tuple[str, str, bytes | None]] = []
+            if args.floors:
+                targets += [("healthz", "/healthz", None), ("models", "/v1/models", None)]
+            targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in sizes]
+            for name, path, body in targets:
+                for concurrency in levels:
+                    points.append(_point(url, pid, name, path, body, concurrency, args, Path(tmp), vit_serve=True))
+        if args.decode_only:
+            with _server(args.pin_server, decode_only=True) as (url, pid):
+                for size in sizes:
+                    for concurrency in levels:
+                        name = f"decode-only {size}"
+                        points.append(_point(url, pid, name, "/", jpeg(size), concurrency, args, Path(tmp)))
     result = {
         "command": "python -m bench.ceiling " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.date.today().isoformat(),
@@ -98,23 +96,63 @@ def main(argv: list[str] | None = None) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ceiling.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(points, args.out / "ceiling.png", result)
+    floors = {
+        (p["target"].removeprefix("decode-only "), p["concurrency"]): p for p in points if "decode-only" in p["target"]
+    }
     for point in points:
-        if "cpu_over_decode" in point:
+        if "model_ms_per_request" in point:
+            floor = floors.get((point["target"].removeprefix("classify "), point["concurrency"]))
+            shown = f"; a bare uvicorn app that only decodes: {floor['cpu_over_decode']:.2f} ×" if floor else ""
             print(
                 f"{point['target']} c={point['concurrency']}: server CPU {point['server_cpu_ms_per_request']:.2f} ms"
                 f" per request = {point['cpu_over_decode']:.2f} × decode+resize+normalise"
                 f" ({point['decode_ms']:.2f} ms);"
                 f" the null model's forward pass: {point['model_ms_per_request']:.2f} ms an image"
-                f" at batch {round(point['mean_batch_size'])}"
+                f" at batch {round(point['mean_batch_size'])}{shown}"
             )
+
+
+def _point(
+    url: str,
+    pid: int,
+    name: str,
+    path: str,
+    body: bytes | None,
+    concurrency: int,
+    args: argparse.Namespace,
+    tmp: Path,
+    vit_serve: bool = False,
+) -> dict[str, Any]:
+    """One load run against `url + path`, with the server's CPU from /proc and, for an image, the
+    in-process decode cost beside it; for vit-serve, its mean batch from /metrics too."""
+    decode_ms = [_decode_ms(body)] if body is not None else []  # beside the load: the host drifts
+    batches_before = _batch_totals(url) if vit_serve else (0.0, 0.0)  # outside the CPU window
+    main_before, decode_before = _cpu_seconds(pid)
+    load = _load(url + path, body, concurrency, args.duration, args.pin_client, tmp)
+    main_after, decode_after = _cpu_seconds(pid)
+    batches_after = _batch_totals(url) if vit_serve else (0.0, 0.0)
+    batches, images = (batches_after[i] - batches_before[i] for i in (0, 1))
+    per_request = 1000 / max(1, load["requests"])
+    point: dict[str, Any] = {"target": name, "concurrency": concurrency, **load}
+    point["server_cpu_ms_per_request"] = per_request * (main_after - main_before + decode_after - decode_before)
+    point["decode_processes_cpu_ms_per_request"] = per_request * (decode_after - decode_before)
+    point["mean_batch_size"] = images / batches if batches else 0.0
+    if body is not None:
+        point["decode_ms"] = statistics.mean([*decode_ms, _decode_ms(body)])
+        point["cpu_over_decode"] = point["server_cpu_ms_per_request"] / point["decode_ms"]
+        if vit_serve:
+            point["model_ms_per_request"] = _model_ms(round(point["mean_batch_size"]))
+    print(_line(point), flush=True)
+    return point
 
 
 class _server:
     """vit-serve with the null model on 127.0.0.1, optionally pinned, run from the checkout
-    `tree` (default: this one); yields (url, pid)."""
+    `tree` (default: this one); or, with `decode_only`, the floor: bench.peers.decode_only under
+    uvicorn. Yields (url, pid)."""
 
-    def __init__(self, cpus: str | None, tree: Path | None = None) -> None:
-        self.cpus, self.tree = cpus, tree
+    def __init__(self, cpus: str | None, tree: Path | None = None, decode_only: bool = False) -> None:
+        self.cpus, self.tree, self.decode_only = cpus, tree, decode_only
 
     def __enter__(self) -> tuple[str, int]:
         port = _free_port()
@@ -132,13 +170,20 @@ class _server:
             "OMP_NUM_THREADS": "1",
         }
         cmd = [sys.executable, "-m", "service"]
+        ready = "/readyz"
+        if self.decode_only:
+            cmd = [sys.executable, "-m", "uvicorn", "bench.peers.decode_only:app", "--host", "127.0.0.1"]
+            cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+            ready = "/"
         if self.cpus:
             cmd = ["taskset", "-c", self.cpus, *cmd]
         self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, cwd=self.tree)
         url = f"http://127.0.0.1:{port}"
         for _ in range(1200):
             try:
-                if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
+                if httpx.get(f"{url}{ready}", timeout=1).status_code == 200:
+                    if self.decode_only:  # its first decode imports torch: not part of any request
+                        httpx.post(url, content=jpeg("224"), timeout=60)
                     return url, self.proc.pid
             except httpx.TransportError:
                 pass
@@ -146,7 +191,7 @@ class _server:
                 break
             time.sleep(0.1)
         self.proc.kill()
-        raise RuntimeError("vit-serve did not become ready")
+        raise RuntimeError(f"{' '.join(cmd)} did not become ready")
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()

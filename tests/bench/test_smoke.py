@@ -57,10 +57,12 @@ def test_the_ceiling_benchmark_runs(tmp_path) -> None:
     out = _run("bench.ceiling", "--quick", "--out", str(tmp_path))
     result = json.loads((tmp_path / "ceiling.json").read_text())
     targets = {(p["target"], p["concurrency"]) for p in result["points"]}
-    assert targets == {(t, c) for t in ("healthz", "models", "classify 224", "classify 500x375") for c in (1, 16)}
+    names = ("healthz", "models", "classify 224", "classify 500x375", "decode-only 224", "decode-only 500x375")
+    assert targets == {(t, c) for t in names for c in (1, 16)}
     assert all(p["errors"] == 0 and p["requests"] > 0 for p in result["points"])
-    assert all(p["cpu_over_decode"] > 0 for p in result["points"] if p["target"].startswith("classify"))
+    assert all(p["cpu_over_decode"] > 0 for p in result["points"] if p["target"].startswith(("classify", "decode")))
     assert (tmp_path / "ceiling.png").stat().st_size > 0 and "× decode+resize+normalise" in out
+    assert "a bare uvicorn app that only decodes: " in out
 
 
 def test_the_decoder_comparison_and_the_ab_run(tmp_path: Path) -> None:
