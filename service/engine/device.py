@@ -1,4 +1,4 @@
-"""The model on its device: loading (docs/API.md, Models), staging uint8 batches, the forward
+"""The model on its device: loading (docs/API.md, Model), staging uint8 batches, the forward
 pass, and what it returns (`BatchOutput`), a batch that runs out of memory split in halves.
 
 Everything that touches torch devices lives here, so the batcher and the routes never see a
@@ -92,7 +92,7 @@ class Engine:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:
-        """Load the model these settings name (docs/API.md, Models), on the engine's own thread."""
+        """Load the model these settings name (docs/API.md, Model), on the engine's own thread."""
         torch_thread = ThreadPoolExecutor(1, thread_name_prefix="vit-torch")
         return torch_thread.submit(cls._load, settings, torch_thread).result()
 
