@@ -15,7 +15,7 @@ import statistics
 import tempfile
 from pathlib import Path
 
-from bench.ceiling import _cpu_seconds, _load, _server
+from bench.ceiling import _load, _measured_load, _server
 from bench.workload import jpeg
 
 
@@ -37,10 +37,10 @@ def main(argv: list[str] | None = None) -> None:
                     for size in sizes:
                         body, target = jpeg(size), url + "/v1/classify?top_k=1"
                         _load(target, body, args.concurrency, 1, None, Path(tmp))  # warm-up, not measured
-                        before = _cpu_seconds(pid)
-                        load = _load(target, body, args.concurrency, args.duration, None, Path(tmp))
-                        after = _cpu_seconds(pid)
-                        ms = 1000 * (sum(after) - sum(before)) / max(1, load["requests"])
+                        load, main_ms, decode_ms = _measured_load(
+                            pid, target, body, args.concurrency, args.duration, None, Path(tmp)
+                        )
+                        ms = main_ms + decode_ms
                         cpu[(tree, size)].append(ms)
                         print(
                             f"round {round_ + 1} {tree} {size}: {load['requests_per_s']:.0f} requests/s, "

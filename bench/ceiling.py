@@ -38,7 +38,7 @@ import httpx
 
 from bench.load import closed_loop
 from bench.procfs import process_tree
-from bench.systems import _free_port
+from bench.systems import _free_port, _wait_healthy
 from bench.workload import jpeg
 from model.preprocess import PreprocessConfig, load_image, normalize
 
@@ -127,15 +127,14 @@ def _point(
     in-process decode cost beside it; for vit-serve, its mean batch from /metrics too."""
     decode_ms = [_decode_ms(body)] if body is not None else []  # beside the load: the host drifts
     batches_before = _batch_totals(url) if vit_serve else (0.0, 0.0)  # outside the CPU window
-    main_before, decode_before = _cpu_seconds(pid)
-    load = _load(url + path, body, concurrency, args.duration, args.pin_client, tmp)
-    main_after, decode_after = _cpu_seconds(pid)
+    load, main_ms, decode_processes_ms = _measured_load(
+        pid, url + path, body, concurrency, args.duration, args.pin_client, tmp
+    )
     batches_after = _batch_totals(url) if vit_serve else (0.0, 0.0)
     batches, images = (batches_after[i] - batches_before[i] for i in (0, 1))
-    per_request = 1000 / max(1, load["requests"])
     point: dict[str, Any] = {"target": name, "concurrency": concurrency, **load}
-    point["server_cpu_ms_per_request"] = per_request * (main_after - main_before + decode_after - decode_before)
-    point["decode_processes_cpu_ms_per_request"] = per_request * (decode_after - decode_before)
+    point["server_cpu_ms_per_request"] = main_ms + decode_processes_ms
+    point["decode_processes_cpu_ms_per_request"] = decode_processes_ms
     point["mean_batch_size"] = images / batches if batches else 0.0
     if body is not None:
         point["decode_ms"] = statistics.mean([*decode_ms, _decode_ms(body)])
@@ -177,25 +176,34 @@ class _server:
             ready = "/"
         if self.cpus:
             cmd = ["taskset", "-c", self.cpus, *cmd]
-        self.proc = subprocess.Popen(cmd, env=env, stderr=subprocess.DEVNULL, cwd=self.tree)
+        self.log = tempfile.TemporaryFile("w+")  # the server's stderr, shown if it fails; closed in __exit__
+        self.proc = subprocess.Popen(cmd, env=env, stderr=self.log, cwd=self.tree)
         url = f"http://127.0.0.1:{port}"
-        for _ in range(1200):
-            try:
-                if httpx.get(f"{url}{ready}", timeout=1).status_code == 200:
-                    if self.decode_only:  # its first decode imports torch: not part of any request
-                        httpx.post(url, content=jpeg("224"), timeout=60)
-                    return url, self.proc.pid
-            except httpx.TransportError:
-                pass
-            if self.proc.poll() is not None:
-                break
-            time.sleep(0.1)
-        self.proc.kill()
-        raise RuntimeError(f"{' '.join(cmd)} did not become ready")
+        try:
+            _wait_healthy("decode-only app" if self.decode_only else "vit-serve", self.proc, url + ready, self.log)
+        except RuntimeError:
+            self.__exit__()
+            raise
+        if self.decode_only:  # its first decode imports torch: not part of any request
+            httpx.post(url, content=jpeg("224"), timeout=60)
+        return url, self.proc.pid
 
     def __exit__(self, *exc: object) -> None:
         self.proc.terminate()
         self.proc.wait(60)
+        self.log.close()
+
+
+def _measured_load(
+    pid: int, url: str, body: bytes | None, concurrency: int, seconds: float, cpus: str | None, tmp: Path
+) -> tuple[dict, float, float]:
+    """One load run (`_load`), and the CPU ms per request it cost the server `pid`: its own
+    process's, and its decode processes'."""
+    main_before, decode_before = _cpu_seconds(pid)
+    load = _load(url, body, concurrency, seconds, cpus, tmp)
+    main_after, decode_after = _cpu_seconds(pid)
+    per_request = 1000 / max(1, load["requests"])
+    return load, per_request * (main_after - main_before), per_request * (decode_after - decode_before)
 
 
 def _cpu_seconds(pid: int) -> tuple[float, float]:

@@ -18,7 +18,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,7 +27,7 @@ import numpy as np
 import torch
 
 from bench.load import closed_loop
-from bench.systems import _free_port
+from bench.systems import _free_port, _wait_healthy
 from bench.workload import jpeg
 from model.checkpoints import save_native
 from model.config import preset
@@ -35,7 +36,9 @@ from model.vit import VisionTransformer
 from service.engine.precision import native_bf16
 
 
-def _serve(checkpoint: Path, model: str, dtype: str) -> tuple[subprocess.Popen[bytes], str]:
+@contextmanager
+def _serving(checkpoint: Path, model: str, dtype: str) -> Iterator[str]:
+    """vit-serve on 127.0.0.1 with these weights and VIT_DTYPE, once ready; yields its URL."""
     port = _free_port()
     env = {
         **os.environ,
@@ -48,17 +51,15 @@ def _serve(checkpoint: Path, model: str, dtype: str) -> tuple[subprocess.Popen[b
         "VIT_MAX_QUEUE_SIZE": "100000",
         "VIT_LOG_LEVEL": "warning",
     }
-    process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stderr=subprocess.DEVNULL)
     url = f"http://127.0.0.1:{port}"
-    for _ in range(1200):
+    with tempfile.TemporaryFile("w+") as log:
+        process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stderr=log)
         try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return process, url
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    process.kill()
-    raise RuntimeError("vit-serve did not become ready")
+            _wait_healthy("vit-serve", process, f"{url}/readyz", log)
+            yield url
+        finally:
+            process.terminate()
+            process.wait(60)
 
 
 def _embeddings(url: str, photos: list[bytes]) -> np.ndarray:
@@ -84,8 +85,7 @@ def main(argv: list[str] | None = None) -> None:
         embeddings: dict[str, np.ndarray] = {}
         for round_ in range(args.rounds):
             for dtype in rates:
-                process, url = _serve(Path(tmp), args.model, dtype)
-                try:
+                with _serving(Path(tmp), args.model, dtype) as url:
                     model = httpx.get(f"{url}/v1/models").json()["data"][0]
                     embeddings.setdefault(dtype, _embeddings(url, photos))
                     load = closed_loop(
@@ -97,9 +97,6 @@ def main(argv: list[str] | None = None) -> None:
                         duration_s=args.duration,
                         content_type="image/jpeg",
                     )
-                finally:
-                    process.terminate()
-                    process.wait(60)
                 rates[dtype].append(load.images_per_s)
                 print(f"round {round_ + 1} {dtype}: {load.images_per_s:.1f} images/s ({model['dtype_reason']})")
     speedups = [a / f for a, f in zip(rates["auto"], rates["float32"], strict=True)]
