@@ -46,6 +46,12 @@ class ViTConfig:
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
+    def layer_index(self, layer: int) -> int:
+        """Normalise a hidden-state index: 0 is z_0, L is z_L, negatives count from z_L (-1)."""
+        if not -(self.depth + 1) <= layer <= self.depth:
+            raise ValueError(f"layer {layer} is outside -{self.depth + 1}..{self.depth}")
+        return layer % (self.depth + 1)
+
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 

@@ -123,18 +123,11 @@ class VisionTransformer(nn.Module):
             if isinstance(module, Attention):
                 module.fused = fused
 
-    def layer_index(self, layer: int) -> int:
-        """Normalise a hidden-state index: 0 is z_0, L is z_L, negatives count from z_L (-1)."""
-        depth = self.cfg.depth
-        if not -(depth + 1) <= layer <= depth:
-            raise ValueError(f"layer {layer} is outside -{depth + 1}..{depth}")
-        return layer % (depth + 1)
-
     def forward(self, pixels: torch.Tensor, hidden_layers: Sequence[int] = ()) -> ViTOutput:
         """`pixels` is normalised (B, C, H, W); `hidden_layers` names the z_l to return."""
         wanted: dict[int, list[int]] = {}
         for layer in hidden_layers:  # keyed by depth; each requested spelling (2, -1) gets its entry
-            wanted.setdefault(self.layer_index(layer), []).append(layer)
+            wanted.setdefault(self.cfg.layer_index(layer), []).append(layer)
         x = self.patch_embed(pixels)
         x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
         hidden: dict[int, torch.Tensor] = dict.fromkeys(wanted.get(0, ()), x)

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from service.decoding import DecodePool
-from service.engine import Batcher, Engine
+from service.engine import Batcher, Engine, ModelCard
 from service.metrics import Metrics
 from service.settings import Resolved, Settings
 
@@ -30,7 +30,8 @@ class ServiceState:
     metrics: Metrics = field(default_factory=Metrics)
     status: Status = "loading"
     resolved: Resolved | None = None  # once the engine knows its device
-    engine: Engine | None = None
+    engine: Engine | None = None  # in this process; with VIT_WORKERS > 1 it runs in the engine process
+    card: ModelCard | None = None  # what the routes know of the model, from either
     batcher: Batcher | None = None
     decode_pool: DecodePool | None = None
     admitted: int = 0  # requests past the readiness check and not yet answered
@@ -49,7 +50,7 @@ async def start(state: ServiceState, engine_factory: Callable[[Settings], Engine
     try:
         settings = state.settings
         engine = await asyncio.to_thread(engine_factory, settings)
-        state.engine = engine
+        state.engine, state.card = engine, engine.card
         resolved = state.resolved = settings.resolve(engine.device.type)
         await asyncio.to_thread(engine.warmup, resolved.max_batch_size)
         pool = DecodePool(

@@ -18,7 +18,7 @@ from starlette.requests import Request
 
 from model.preprocess import ImageTooLarge, UnsupportedImageFormat
 from service.decoding import DecodeFailed, DecodePool
-from service.engine import Batcher, Engine, ItemResult
+from service.engine import Batcher, ItemResult, ModelCard
 from service.errors import (
     ClientDisconnected,
     InvalidImage,
@@ -39,7 +39,7 @@ class Serving:
     settings: Settings
     resolved: Resolved
     metrics: Metrics
-    engine: Engine
+    card: ModelCard
     batcher: Batcher
     decode_pool: DecodePool
 

@@ -8,6 +8,7 @@ knows about torch devices.
 """
 
 from service.engine.batcher import Batcher, ItemResult
+from service.engine.card import ModelCard
 from service.engine.device import BatchOutput, Engine
 
-__all__ = ["BatchOutput", "Batcher", "Engine", "ItemResult"]
+__all__ = ["BatchOutput", "Batcher", "Engine", "ItemResult", "ModelCard"]

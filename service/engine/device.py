@@ -30,6 +30,7 @@ from model.config import PRESETS, preset
 from model.labels import resolve_labels
 from model.preprocess import PreprocessConfig, normalize
 from model.vit import VisionTransformer
+from service.engine.card import ModelCard
 from service.engine.precision import choose_dtype, native_bf16, probe
 from service.settings import BUILTIN_MODEL, Settings
 
@@ -89,6 +90,18 @@ class Engine:
         self._lock = threading.Lock()  # one forward pass at a time, whoever calls
         self.torch_thread = torch_thread  # the thread it was loaded on: see the module docstring
         self.dtype_reason = dtype_reason  # why this dtype (engine/precision.py), for the log and /v1/models
+        self.card = ModelCard(
+            model_id,
+            model.cfg,
+            tuple(labels),
+            self.preprocess,
+            str(device),
+            self.dtype_name,
+            dtype_reason,
+            checkpoint.format,
+            str(checkpoint.path) if checkpoint.path else None,
+            checkpoint.sha256,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Engine:

@@ -15,7 +15,7 @@ from typing import Any
 from starlette.requests import Request
 
 from service import schemas
-from service.engine import Engine
+from service.engine import ModelCard
 from service.errors import NotFound, NotReady, Unauthorized
 from service.lifecycle import ServiceState
 from service.pipeline import Serving
@@ -53,17 +53,17 @@ async def admit(request: Request) -> AsyncIterator[Serving]:
     state = state_of(request)
     check_api_key(state, request)
     status = state.readiness
-    engine, batcher, pool, resolved = state.engine, state.batcher, state.decode_pool, state.resolved
-    if status != "ready" or engine is None or batcher is None or pool is None or resolved is None:
+    card, batcher, pool, resolved = state.card, state.batcher, state.decode_pool, state.resolved
+    if status != "ready" or card is None or batcher is None or pool is None or resolved is None:
         raise NotReady(f"the service is {status}")
     state.admitted += 1
     try:
-        yield Serving(state.settings, resolved, state.metrics, engine, batcher, pool)
+        yield Serving(state.settings, resolved, state.metrics, card, batcher, pool)
     finally:
         state.admitted -= 1
 
 
-def require_model(engine: Engine, name: str) -> None:
+def require_model(card: ModelCard, name: str) -> None:
     """404 unless `name` is the served model's id (OpenAI's `model`, /v2's model path)."""
-    if name != engine.model_id:
-        raise NotFound(f"model {name!r} is not served here; this service serves {engine.model_id!r}")
+    if name != card.model_id:
+        raise NotFound(f"model {name!r} is not served here; this service serves {card.model_id!r}")

@@ -18,25 +18,25 @@ router = APIRouter()
 async def models(request: Request) -> dict[str, Any]:
     """The served model: its shape, device, dtype, checkpoint and batching."""
     async with admit(request) as serving:
-        engine = serving.engine
-    cfg, ckpt = engine.model.cfg, engine.checkpoint
+        card = serving.card
+    cfg = card.cfg
     return {
         "data": [
             {
-                "id": engine.model_id,
+                "id": card.model_id,
                 "num_classes": cfg.num_classes,
                 "embedding_dim": cfg.embed_dim,
                 "image_size": cfg.image_size,
                 "patch_size": cfg.patch_size,
                 "depth": cfg.depth,
                 "heads": cfg.num_heads,
-                "device": str(engine.device),
-                "dtype": engine.dtype_name,
-                "dtype_reason": engine.dtype_reason,
+                "device": card.device,
+                "dtype": card.dtype,
+                "dtype_reason": card.dtype_reason,
                 "checkpoint": {
-                    "format": ckpt.format,
-                    "path": str(ckpt.path) if ckpt.path else None,
-                    "sha256": ckpt.sha256,
+                    "format": card.checkpoint_format,
+                    "path": card.checkpoint_path,
+                    "sha256": card.checkpoint_sha256,
                 },
                 "max_batch_size": serving.resolved.max_batch_size,
                 "max_wait_ms": serving.settings.max_wait_ms,

@@ -57,7 +57,7 @@ def _route(params: type[BaseModel], body: dict[str, Any] = schemas.IMAGE_BODY) -
 async def classify(request: Request) -> JSONResponse:
     """Top-k labels for each image."""
     async with admit(request) as serving:
-        labels = serving.engine.labels
+        labels = serving.card.labels
         if not labels:
             raise InvalidParameter("this model has no classification head; use /v1/embeddings")
         endpoint = "/v1/classify"
@@ -79,7 +79,7 @@ async def classify(request: Request) -> JSONResponse:
                 ]
             }
         )
-    return JSONResponse({"model": serving.engine.model_id, "results": out})
+    return JSONResponse({"model": serving.card.model_id, "results": out})
 
 
 @router.post(
@@ -93,12 +93,12 @@ async def embeddings(request: Request) -> JSONResponse:
     async with admit(request) as serving:
         endpoint = "/v1/embeddings"
         images, params, deadline = await receive(request, serving, endpoint, EmbeddingParams, OpenAIEmbeddingParams)
-        engine = serving.engine
+        card = serving.card
         openai = isinstance(params, OpenAIEmbeddingParams)
         if openai:
-            require_model(engine, params.model)
-            if params.dimensions is not None and params.dimensions != engine.model.cfg.embed_dim:
-                raise InvalidParameter(f"dimensions: this model's embeddings have {engine.model.cfg.embed_dim}")
+            require_model(card, params.model)
+            if params.dimensions is not None and params.dimensions != card.cfg.embed_dim:
+                raise InvalidParameter(f"dimensions: this model's embeddings have {card.cfg.embed_dim}")
         results = await compute(request, serving, endpoint, images, deadline)
     vectors = []
     for result in results:
@@ -107,17 +107,17 @@ async def embeddings(request: Request) -> JSONResponse:
             y = y / max(float(np.linalg.norm(y)), 1e-12)
         vectors.append(_b64(y, "<f4") if params.encoding_format == "base64" else y.tolist())
     if openai:
-        tokens = len(results) * (engine.model.cfg.num_patches + 1)  # the tokens the encoder read
+        tokens = len(results) * (card.cfg.num_patches + 1)  # the tokens the encoder read
         return JSONResponse(
             {
                 "object": "list",
                 "data": [{"object": "embedding", "index": i, "embedding": v} for i, v in enumerate(vectors)],
-                "model": engine.model_id,
+                "model": card.model_id,
                 "usage": {"prompt_tokens": tokens, "total_tokens": tokens},
             }
         )
     data = [{"index": i, "embedding": v} for i, v in enumerate(vectors)]
-    return JSONResponse({"model": engine.model_id, "dim": engine.model.cfg.embed_dim, "data": data})
+    return JSONResponse({"model": card.model_id, "dim": card.cfg.embed_dim, "data": data})
 
 
 @router.post("/v1/features", response_model=schemas.FeaturesResponse, **_route(FeatureParams))
@@ -127,7 +127,7 @@ async def features(request: Request) -> JSONResponse:
         endpoint = "/v1/features"
         images, params, deadline = await receive(request, serving, endpoint, FeatureParams)
         try:
-            serving.engine.model.layer_index(params.layer)  # the model's own bounds: 0 … L, or -(L+1) … -1
+            serving.card.cfg.layer_index(params.layer)  # the model's own bounds: 0 … L, or -(L+1) … -1
         except ValueError as exc:
             raise InvalidParameter(str(exc)) from None  # "layer 3 is outside -3..2"
         results = await compute(request, serving, endpoint, images, deadline, params.layer)
@@ -142,7 +142,7 @@ async def features(request: Request) -> JSONResponse:
         data.append({"index": i, "shape": list(hidden.shape), "features": _b64(hidden, dtype_code)})
     return JSONResponse(
         {
-            "model": serving.engine.model_id,
+            "model": serving.card.model_id,
             "layer": params.layer,
             "tokens": params.tokens,
             "dtype": params.dtype,

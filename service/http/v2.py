@@ -22,7 +22,7 @@ from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__, schemas
-from service.engine import Engine
+from service.engine import ModelCard
 from service.errors import InvalidRequest, UnsupportedMediaType, first_error
 from service.http.access import SECURED, admit, require_model, state_of
 from service.inputs import check_image_count, decode_base64, load_json, parse_off_loop, read_body
@@ -84,33 +84,33 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/models/{name}/ready")
 async def model_ready(name: str, request: Request) -> JSONResponse:
-    engine = state_of(request).engine
-    if engine is not None:
-        require_model(engine, name)
+    card = state_of(request).card
+    if card is not None:
+        require_model(card, name)
     return await ready(request)
 
 
 @router.get("/models/{name}", openapi_extra=SECURED)
 async def model_metadata(name: str, request: Request) -> dict[str, Any]:
     async with admit(request) as serving:
-        engine = serving.engine
-    require_model(engine, name)
-    size = engine.image_size
+        card = serving.card
+    require_model(card, name)
+    size = card.image_size
     return {
-        "name": engine.model_id,
+        "name": card.model_id,
         "versions": ["1"],
         "platform": "pytorch",
         "inputs": [
             {"name": input_name, "datatype": datatype, "shape": [-1] if datatype == "BYTES" else [-1, 3, size, size]}
             for datatype, input_name in INPUTS.items()
         ],
-        "outputs": _outputs(engine),
+        "outputs": _outputs(card),
     }
 
 
-def _outputs(engine: Engine) -> list[dict[str, Any]]:
+def _outputs(card: ModelCard) -> list[dict[str, Any]]:
     """The model's output tensors: class probabilities when it has a head, and the embedding."""
-    cfg = engine.model.cfg
+    cfg = card.cfg
     outputs = [{"name": "embedding", "datatype": "FP32", "shape": [-1, cfg.embed_dim]}]
     if cfg.num_classes:
         outputs.insert(0, {"name": "probabilities", "datatype": "FP32", "shape": [-1, cfg.num_classes]})
@@ -125,14 +125,14 @@ async def infer(name: str, request: Request) -> Response:
 
 
 async def _infer(name: str, request: Request, serving: Serving) -> Response:
-    engine = serving.engine
-    require_model(engine, name)
+    card = serving.card
+    require_model(card, name)
     deadline = deadline_of(request, serving.settings)
     body, binary = await _request(request, serving, deadline)
     if len(body.inputs) != 1:
         raise InvalidRequest(f"expected one input tensor (image, pixels or pixel_values), got {len(body.inputs)}")
     tensor = body.inputs[0]
-    available = [output["name"] for output in _outputs(engine)]
+    available = [output["name"] for output in _outputs(card)]
     requested = body.outputs or [RequestedOutput(name=n) for n in available]
     names = [o.name for o in requested]
     if unknown := [n for n in names if n not in available]:
@@ -155,7 +155,7 @@ async def _infer(name: str, request: Request, serving: Serving) -> Response:
         else:
             entry["data"] = stacked.ravel().tolist()
         outputs.append(entry)
-    response: dict[str, Any] = {"model_name": engine.model_id, "model_version": "1", "outputs": outputs}
+    response: dict[str, Any] = {"model_name": card.model_id, "model_version": "1", "outputs": outputs}
     if body.id is not None:
         response["id"] = body.id
     if not chunks:
@@ -228,7 +228,7 @@ def _shape_batch(serving: Serving, tensor: InferInput) -> int:
         if shape not in ([batch], [batch, 1]):
             raise InvalidRequest("input 'image': one image file per row, shape [B] or [B, 1]")
         return batch
-    size = serving.engine.image_size
+    size = serving.card.image_size
     if shape != [batch, 3, size, size]:
         raise InvalidRequest(f"input {tensor.name!r}: shape must be [B, 3, {size}, {size}], not {shown}")
     return batch
@@ -273,10 +273,10 @@ def _bytes_elements(name: str, binary: bytes, count: int) -> np.ndarray:
     return values
 
 
-def pixel_value_range(engine: Engine) -> tuple[float, float]:
+def pixel_value_range(card: ModelCard) -> tuple[float, float]:
     """The FP32 values accepted as normalised pixels: the range 0 … 255 normalises to, widened by
     its own width on each side (other statistics fit; unnormalised 0 … 255, or 3e38, do not)."""
-    mean, std = np.array(engine.preprocess.mean), np.array(engine.preprocess.std)
+    mean, std = np.array(card.preprocess.mean), np.array(card.preprocess.std)
     low, high = float(((0 - mean) / std).min()), float(((1 - mean) / std).max())
     width = high - low
     return low - width, high + width
@@ -300,7 +300,7 @@ def _images(serving: Serving, tensor: InferInput, binary: bytes | None) -> list[
             raise InvalidRequest(f"input {tensor.name!r}: UINT8 data must be integers in 0 … 255")
         array = values.astype(np.uint8)
     else:
-        low, high = pixel_value_range(serving.engine)
+        low, high = pixel_value_range(serving.card)
         with np.errstate(over="ignore"):  # 1e39 becomes inf here, refused just below
             array = values.astype(np.float32) if values.dtype.kind in "iuf" else values
         if array.dtype != np.float32 or not (np.isfinite(array).all() and low <= array.min() and array.max() <= high):

@@ -1,0 +1,43 @@
+"""`ModelCard`: what the HTTP side knows of the served model (its id, shapes, labels,
+preprocessing, device and dtype), and nothing that computes.
+
+Routes validate requests and shape answers from the card alone, so they run the same beside an
+in-process engine and in a front-end process (VIT_WORKERS > 1) that was sent the card by the
+engine process once, as JSON.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+
+from model.config import ViTConfig
+from model.preprocess import PreprocessConfig
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    model_id: str
+    cfg: ViTConfig
+    labels: tuple[str, ...]
+    preprocess: PreprocessConfig
+    device: str  # "cpu", "cuda:0"
+    dtype: str  # "float32", "bfloat16", …: as settings, metrics and /v1/models spell it
+    dtype_reason: str  # why this dtype (engine/precision.py)
+    checkpoint_format: str  # "native", "huggingface", "timm", "npz", "builtin", "random"
+    checkpoint_path: str | None
+    checkpoint_sha256: str | None
+
+    @property
+    def image_size(self) -> int:
+        return self.cfg.image_size
+
+    def to_json(self) -> str:
+        fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
+        return json.dumps(fields | {"cfg": self.cfg.to_dict(), "preprocess": self.preprocess.to_dict()})
+
+    @classmethod
+    def from_json(cls, text: str) -> ModelCard:
+        fields = json.loads(text)
+        cfg, preprocess = ViTConfig.from_dict(fields.pop("cfg")), PreprocessConfig.from_dict(fields.pop("preprocess"))
+        return cls(cfg=cfg, preprocess=preprocess, **fields | {"labels": tuple(fields["labels"])})
