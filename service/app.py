@@ -20,13 +20,22 @@ from service.lifecycle import ServiceState
 from service.settings import Settings
 
 
-def create_app(settings: Settings, engine_factory: Callable[[Settings], Engine] = Engine.from_settings) -> FastAPI:
-    """The service for `settings`; `engine_factory` loads the model (in a thread, after start-up)."""
+def create_app(
+    settings: Settings,
+    engine_factory: Callable[[Settings], Engine] = Engine.from_settings,
+    engine_socket: str | None = None,
+) -> FastAPI:
+    """The service for `settings`; `engine_factory` loads the model (in a thread, after
+    start-up), or, in a front-end process, the engine process listens at `engine_socket`."""
     state = ServiceState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        loader = asyncio.create_task(lifecycle.start(state, engine_factory))
+        if engine_socket is not None:
+            starting = lifecycle.start_front_end(state, engine_socket)
+        else:
+            starting = lifecycle.start(state, engine_factory)
+        loader = asyncio.create_task(starting)
         try:
             yield
         finally:

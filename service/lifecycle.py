@@ -14,8 +14,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
+import torch
+
 from service.decoding import DecodePool
 from service.engine import Batcher, Engine, ModelCard
+from service.engine.remote import EngineClient
 from service.metrics import Metrics
 from service.settings import Resolved, Settings
 
@@ -32,7 +35,7 @@ class ServiceState:
     resolved: Resolved | None = None  # once the engine knows its device
     engine: Engine | None = None  # in this process; with VIT_WORKERS > 1 it runs in the engine process
     card: ModelCard | None = None  # what the routes know of the model, from either
-    batcher: Batcher | None = None
+    batcher: Batcher | EngineClient | None = None  # the engine's own, or the connection to it
     decode_pool: DecodePool | None = None
     admitted: int = 0  # requests past the readiness check and not yet answered
 
@@ -45,57 +48,91 @@ class ServiceState:
 
 
 async def start(state: ServiceState, engine_factory: Callable[[Settings], Engine]) -> None:
-    """Load, warm up, start the decode processes and the batcher, then turn ready; any failure
-    turns `failed`."""
+    """Load and warm up the model in this process, start its batcher and the decode processes,
+    then turn ready; any failure turns `failed`."""
     try:
         settings = state.settings
         engine = await asyncio.to_thread(engine_factory, settings)
         state.engine, state.card = engine, engine.card
         resolved = state.resolved = settings.resolve(engine.device.type)
         await asyncio.to_thread(engine.warmup, resolved.max_batch_size)
-        pool = DecodePool(
-            resolved.decode_processes,
-            engine.image_size,
-            engine.preprocess,
-            settings.max_image_pixels,
-            settings.decode_timeout_s,
-            settings.decode_memory_bytes,
-            draft=settings.jpeg_draft,
-            observe=state.metrics.preprocess_duration.observe,
-            restarted=state.metrics.decode_restarts.inc,
-        )
-        state.decode_pool = pool
-        await pool.start()
-        batcher = Batcher(
-            engine.stage,
-            engine.forward,
-            max_batch_size=resolved.max_batch_size,
-            max_wait_s=settings.max_wait_ms / 1000,
-            max_queue_size=resolved.max_queue_size,
-            metrics=state.metrics,
-            max_in_flight=2 if engine.pipelined else 1,
-            compute_thread=engine.torch_thread,
-        )
+        await _start_decoding(state, engine.card, resolved)
+        batcher = make_batcher(engine, settings, resolved, state.metrics)
         batcher.start()
         state.batcher = batcher
-        state.metrics.model_info.labels(model=engine.model_id, device=str(engine.device), dtype=engine.dtype_name).set(
-            1
-        )
-        # Everything made so far (torch, the model, the app) lives as long as the process: kept out
-        # of the collector, a full collection no longer walks it, which stalled the event loop for
-        # ~100 ms a few times a minute under load (p99 124 -> 31 ms, docs/BENCHMARKS.md).
-        gc.freeze()
-        state.status = "ready"
-        log.info(
-            "ready: %s on %s (%s), batches up to %d",
-            engine.model_id,
-            engine.device,
-            engine.dtype,
-            resolved.max_batch_size,
-        )
+        _turn_ready(state, engine.card, resolved)
     except Exception:
         state.status = "failed"
         log.exception("start-up failed")
+
+
+async def start_front_end(state: ServiceState, engine_socket: str) -> None:
+    """A front-end (VIT_WORKERS > 1): connect to the engine process at `engine_socket` (loading
+    until it listens, which it does once its model is warm), start the decode processes, then
+    turn ready; any failure turns `failed`."""
+    try:
+        settings = state.settings
+        client = await _connect(settings, engine_socket)
+        state.card, state.batcher = client.card, client
+        resolved = state.resolved = settings.resolve(client.card.device_type)
+        await _start_decoding(state, client.card, resolved)
+        _turn_ready(state, client.card, resolved)
+    except Exception:
+        state.status = "failed"
+        log.exception("start-up failed")
+
+
+async def _connect(settings: Settings, path: str) -> EngineClient:
+    def arena_bytes(card: ModelCard) -> int:
+        resolved = settings.resolve(card.device_type)
+        return EngineClient.arena_bytes(card, resolved.max_queue_size, settings.max_images_per_request)
+
+    while True:
+        try:
+            return await EngineClient.connect(path, arena_bytes)
+        except (FileNotFoundError, ConnectionRefusedError):  # the engine is still loading
+            await asyncio.sleep(0.1)
+
+
+def make_batcher(engine: Engine, settings: Settings, resolved: Resolved, metrics: Metrics) -> Batcher[torch.Tensor]:
+    """The batcher that feeds `engine`, in whichever process holds it."""
+    return Batcher(
+        engine.stage,
+        engine.forward,
+        max_batch_size=resolved.max_batch_size,
+        max_wait_s=settings.max_wait_ms / 1000,
+        max_queue_size=resolved.max_queue_size,
+        metrics=metrics,
+        max_in_flight=2 if engine.pipelined else 1,
+        compute_thread=engine.torch_thread,
+    )
+
+
+async def _start_decoding(state: ServiceState, card: ModelCard, resolved: Resolved) -> None:
+    settings = state.settings
+    pool = DecodePool(
+        resolved.decode_processes,
+        card.image_size,
+        card.preprocess,
+        settings.max_image_pixels,
+        settings.decode_timeout_s,
+        settings.decode_memory_bytes,
+        draft=settings.jpeg_draft,
+        observe=state.metrics.preprocess_duration.observe,
+        restarted=state.metrics.decode_restarts.inc,
+    )
+    state.decode_pool = pool
+    await pool.start()
+
+
+def _turn_ready(state: ServiceState, card: ModelCard, resolved: Resolved) -> None:
+    state.metrics.model_info.labels(model=card.model_id, device=card.device, dtype=card.dtype).set(1)
+    # Everything made so far (torch, the model, the app) lives as long as the process: kept out
+    # of the collector, a full collection no longer walks it, which stalled the event loop for
+    # ~100 ms a few times a minute under load (p99 124 -> 31 ms, docs/BENCHMARKS.md).
+    gc.freeze()
+    state.status = "ready"
+    log.info("ready: %s on %s (%s), batches up to %d", card.model_id, card.device, card.dtype, resolved.max_batch_size)
 
 
 async def drain(state: ServiceState) -> None:

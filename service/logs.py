@@ -16,13 +16,15 @@ class RequestIdFilter(logging.Filter):
         return True
 
 
-def configure_logging(level: str) -> dict[str, Any]:
-    """Log lines carry the request id; returned as a dictConfig for uvicorn too."""
+def configure_logging(level: str, process: str = "") -> dict[str, Any]:
+    """Log lines carry the request id, and the `process` that wrote them ("engine",
+    "front-end 2") in a process group; returned as a dictConfig for uvicorn too."""
+    where = f" ({process})" if process else ""
     config: dict[str, Any] = {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"request_id": {"()": RequestIdFilter}},
-        "formatters": {"plain": {"format": "%(asctime)s %(levelname)s %(name)s [%(request_id)s] %(message)s"}},
+        "formatters": {"plain": {"format": f"%(asctime)s %(levelname)s %(name)s{where} [%(request_id)s] %(message)s"}},
         "handlers": {"stderr": {"class": "logging.StreamHandler", "formatter": "plain", "filters": ["request_id"]}},
         "loggers": {
             "": {"handlers": ["stderr"], "level": level.upper()},

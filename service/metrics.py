@@ -1,8 +1,17 @@
-"""Prometheus metrics (docs/API.md, Metrics), in a registry of their own per app (tests run several apps)."""
+"""Prometheus metrics (docs/API.md, Metrics), in a registry of their own per app (tests run several apps).
+
+In a process group (VIT_WORKERS > 1, service/processes.py) every process writes its values to
+files in PROMETHEUS_MULTIPROC_DIR (prometheus-client's multiprocess mode, chosen when the
+variable is set before the library is imported), and `/metrics` in any front-end adds up all
+of them: counters and histograms summed, gauges as their `multiprocess_mode` says.
+"""
 
 from __future__ import annotations
 
+import os
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, disable_created_metrics
+from prometheus_client.multiprocess import MultiProcessCollector
 
 disable_created_metrics()  # the *_created series only double the output
 
@@ -14,6 +23,10 @@ class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry(auto_describe=True)
         r = self.registry
+        self.exposition = r  # what /metrics shows: this process, or the whole group
+        if directory := os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+            self.exposition = CollectorRegistry()
+            MultiProcessCollector(self.exposition, directory)
         self.requests = Counter("vit_requests", "HTTP requests answered", ["endpoint", "status"], registry=r)
         self.request_duration = Histogram(
             "vit_request_duration_seconds",
@@ -23,7 +36,9 @@ class Metrics:
             registry=r,
         )
         self.images = Counter("vit_images", "Images processed", ["endpoint"], registry=r)
-        self.queue_depth = Gauge("vit_queue_depth", "Images waiting for a batch", registry=r)
+        self.queue_depth = Gauge(
+            "vit_queue_depth", "Images waiting for a batch", registry=r, multiprocess_mode="livesum"
+        )
         self.queue_wait = Histogram(
             "vit_queue_wait_seconds", "Enqueue to batch start, per image", buckets=LATENCY_BUCKETS, registry=r
         )
@@ -46,10 +61,17 @@ class Metrics:
             "Decode processes killed (a decode past VIT_DECODE_TIMEOUT_S) or dead, and replaced",
             registry=r,
         )
-        self.model_info = Gauge("vit_model_info", "The model being served", ["model", "device", "dtype"], registry=r)
+        self.model_info = Gauge(
+            "vit_model_info",
+            "The model being served",
+            ["model", "device", "dtype"],
+            registry=r,
+            multiprocess_mode="livemax",
+        )
         self.gpu_memory = Gauge(
             "vit_gpu_memory_bytes",
             "CUDA memory of the model's device: allocated by tensors, reserved by torch's caching allocator",
             ["kind"],
             registry=r,
+            multiprocess_mode="livemax",
         )

@@ -19,6 +19,7 @@ from starlette.requests import Request
 from model.preprocess import ImageTooLarge, UnsupportedImageFormat
 from service.decoding import DecodeFailed, DecodePool
 from service.engine import Batcher, ItemResult, ModelCard
+from service.engine.remote import EngineClient
 from service.errors import (
     ClientDisconnected,
     InvalidImage,
@@ -40,7 +41,7 @@ class Serving:
     resolved: Resolved
     metrics: Metrics
     card: ModelCard
-    batcher: Batcher
+    batcher: Batcher | EngineClient  # the engine's, or (in a front-end) the engine process's
     decode_pool: DecodePool
 
 

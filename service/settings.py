@@ -47,8 +47,11 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * MiB, ge=1024)
     max_images_per_request: int = Field(64, ge=1, le=4096)
     max_image_pixels: int = Field(40_000_000, ge=1, le=178_956_970)  # Pillow's own bomb limit is above
+    workers: int = Field(
+        1, ge=1, le=256, description="front-end processes (HTTP, decoding); above 1 the model gets a process of its own"
+    )
     decode_processes: int | None = Field(
-        None, ge=1, le=256, description="image decoding processes (default: cores, at least 2)"
+        None, ge=1, le=256, description="image decoding processes per front-end (default: cores / workers, at least 2)"
     )
     decode_timeout_s: float = Field(5.0, gt=0, le=600, description="one image's decode; its process is killed after")
     decode_memory_bytes: int = Field(
@@ -137,12 +140,14 @@ class Settings(BaseSettings):
         """The defaults left open above, for a model on `device_type` ("cpu", "cuda") on a host
         of `cores` cores (default: this one's)."""
         cuda = device_type == "cuda"
+        cores = cores or os.cpu_count() or 1
         max_batch_size = self.max_batch_size or (256 if cuda else 32)
         return Resolved(
             max_batch_size=max_batch_size,
             max_queue_size=self.max_queue_size or 16 * max_batch_size,
-            decode_processes=self.decode_processes or max(2, cores or os.cpu_count() or 1),
+            decode_processes=self.decode_processes or max(2, -(-cores // self.workers)),
             compile=cuda if self.compile is None else self.compile,
+            engine_threads=cores if self.workers == 1 else max(1, cores - self.workers),
         )
 
 
@@ -152,8 +157,11 @@ class Resolved:
 
     max_batch_size: int  # 32 on the CPU, 256 on CUDA
     max_queue_size: int  # 16 batches
-    decode_processes: int  # one a core, and at least two, so that one request can never hold them all
+    decode_processes: int  # a front-end's share of the cores, at least two, so one request never holds them all
     compile: bool  # torch.compile on CUDA only
+    # torch's threads: with front-end processes beside the engine, the cores they leave (an idle
+    # OpenMP team spin-waits on its cores, which front-ends then lack: docs/BENCHMARKS.md)
+    engine_threads: int
 
 
 def check_known(variables: Mapping[str, str | None]) -> None:

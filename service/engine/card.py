@@ -32,6 +32,11 @@ class ModelCard:
     def image_size(self) -> int:
         return self.cfg.image_size
 
+    @property
+    def device_type(self) -> str:
+        """ "cpu" or "cuda", as `Settings.resolve` takes it."""
+        return self.device.partition(":")[0]
+
     def to_json(self) -> str:
         fields = {name: getattr(self, name) for name in self.__dataclass_fields__}
         return json.dumps(fields | {"cfg": self.cfg.to_dict(), "preprocess": self.preprocess.to_dict()})

@@ -65,4 +65,4 @@ async def metrics(request: Request) -> Response:
     if state.engine is not None:
         for kind, value in state.engine.gpu_memory().items():
             state.metrics.gpu_memory.labels(kind=kind).set(value)
-    return Response(generate_latest(state.metrics.registry), media_type=CONTENT_TYPE_LATEST)
+    return Response(generate_latest(state.metrics.exposition), media_type=CONTENT_TYPE_LATEST)

@@ -9,6 +9,7 @@ cap on open connections past which only health probes are served (`VIT_MAX_CONNE
 others get 503 and the connection closes), and JSON bodies for every error it emits itself.
 `raise_fd_limit` lifts the soft file-descriptor limit, so that a flood of connections meets the
 cap rather than the process's 1,024 descriptors, and the kubelet's probes still get through.
+`DrainingServer` is uvicorn's server, drained on SIGTERM.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import asyncio
 import logging
 import resource
 from http import HTTPStatus
+from types import FrameType
 from typing import Any
 
 import httptools
@@ -25,6 +27,7 @@ from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from service.errors import HeadersTooLarge, InvalidRequest, Overloaded, RequestTimeout, ServiceError
 from service.http.error_handlers import error_response
+from service.lifecycle import ServiceState, drain
 from service.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -160,3 +163,33 @@ class BoundedHttpProtocol(HttpToolsProtocol):
             self._respond(RequestTimeout("the request head did not arrive in time"))
         else:
             self.transport.close()
+
+
+class DrainingServer(uvicorn.Server):
+    """On SIGTERM/SIGINT, drain while still listening, then let uvicorn close.
+
+    While the queue empties, readiness answers 503 `draining` (so load balancers stop sending)
+    and requests that still arrive get 503 `not_ready` rather than a refused connection. Then
+    uvicorn gives what is still unanswered (a body still arriving) one second before it cancels
+    it, which answers it 503 too (see service/http/middleware.py): the whole shutdown takes at most
+    VIT_SHUTDOWN_TIMEOUT_S and about a second. A second signal exits at once.
+    """
+
+    def __init__(self, config: uvicorn.Config, state: ServiceState) -> None:
+        super().__init__(config)
+        self.state = state
+        self._draining: asyncio.Task[None] | None = None
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        if self._draining is not None or self.should_exit:  # the second signal
+            self.force_exit = True
+        if self.force_exit or self.state.status != "ready":
+            super().handle_exit(sig, frame)
+            return
+        loop = asyncio.get_event_loop()
+
+        def start() -> None:
+            self._draining = loop.create_task(drain(self.state))
+            self._draining.add_done_callback(lambda _: super(DrainingServer, self).handle_exit(sig, frame))
+
+        loop.call_soon_threadsafe(start)

@@ -1,0 +1,396 @@
+"""The engine across a process boundary (VIT_WORKERS > 1): `EngineClient` in each front-end,
+`EngineServer` in the engine process, over a Unix socket.
+
+`EngineClient.submit(images, deadline, layer)` keeps `Batcher.submit`'s contract, so the
+request pipeline cannot tell the two apart: one result per image, computed in the batches the
+engine forms from every front-end's images; Overloaded, DeadlineExceeded, NotReady and
+InferenceFailed raised as the engine's batcher raised them; and cancelling the call (the client
+left) cancels the request in the engine, whose images then leave the queue uncomputed.
+
+Pixels and results never cross the socket: they lie in the front-end's `Arena` (shared
+memory), and the socket carries only small JSON messages:
+
+    front-end -> engine   ["submit", id, [[offset, kind], …], deadline, layer]   ["cancel", id]
+    engine -> front-end   ["done", id, null | [error class, message]]
+
+one `done` for every `submit`, cancelled or not, after which the engine no longer touches the
+request's region, so only then is it given back. Deadlines are CLOCK_MONOTONIC readings, which
+every process on the host shares.
+
+Connecting: the engine listens only once its model is warm, and sends its `ModelCard` first;
+the front-end then makes its arena and passes the memfd over the socket (SCM_RIGHTS) with the
+arena's size, as 8 bytes. If the socket closes, the engine process has gone: every waiting
+request is answered 503, and `running` turns false, which turns readiness 503.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import socket
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, cast
+
+import numpy as np
+import torch
+
+from service.engine.arena import Arena, aligned
+from service.engine.batcher import Batcher, ItemResult
+from service.engine.card import ModelCard
+from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
+
+log = logging.getLogger(__name__)
+
+_ERRORS: dict[str, type[ServiceError]] = {
+    kind.__name__: kind for kind in (Overloaded, DeadlineExceeded, NotReady, InferenceFailed)
+}
+_FLOAT = np.dtype("<f4")
+_HELLO = 8  # bytes: the arena's size, sent with its memfd
+
+
+class _Link(asyncio.Protocol):
+    """Messages over a stream socket: each a 4-byte length, then JSON."""
+
+    def __init__(self, on_message: Callable[[list[Any]], None], on_lost: Callable[[], None]) -> None:
+        self._on_message, self._on_lost = on_message, on_lost
+        self._inbox = bytearray()
+        self.transport: asyncio.Transport | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)  # uvloop's are not asyncio.Transport subclasses
+
+    def data_received(self, data: bytes) -> None:
+        self._inbox += data
+        while len(self._inbox) >= 4:
+            size = int.from_bytes(self._inbox[:4], "little")
+            if len(self._inbox) < 4 + size:
+                return
+            message = json.loads(self._inbox[4 : 4 + size])
+            del self._inbox[: 4 + size]
+            self._on_message(message)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._on_lost()
+
+    def send(self, message: list[Any]) -> None:
+        if self.transport is not None and not self.transport.is_closing():
+            self.transport.write(_frame(json.dumps(message, separators=(",", ":")).encode()))
+
+    @property
+    def open(self) -> bool:
+        return self.transport is not None and not self.transport.is_closing()
+
+
+def _frame(payload: bytes) -> bytes:
+    return len(payload).to_bytes(4, "little") + payload
+
+
+# ----------------------------------------------------------------------------- layout
+
+
+@dataclass(frozen=True)
+class Layout:
+    """Where an image's results lie in its slice of the arena: class probabilities, then the
+    embedding, then (for /v1/features) the hidden states of the layer asked for, as float32."""
+
+    classes: int
+    dim: int
+    tokens: int
+
+    @classmethod
+    def of(cls, card: ModelCard) -> Layout:
+        return cls(card.cfg.num_classes, card.cfg.embed_dim, card.cfg.num_patches + 1)
+
+    def result_bytes(self, layer: int | None) -> int:
+        return _FLOAT.itemsize * (self.classes + self.dim + (self.tokens * self.dim if layer is not None else 0))
+
+    def write(self, arena: Arena, offset: int, result: ItemResult) -> None:
+        if result.probs is not None:
+            arena.array(offset, _FLOAT, (self.classes,))[...] = result.probs.numpy()
+        offset += _FLOAT.itemsize * self.classes
+        arena.array(offset, _FLOAT, (self.dim,))[...] = result.embedding.numpy()
+        if result.hidden is not None:
+            offset += _FLOAT.itemsize * self.dim
+            arena.array(offset, _FLOAT, (self.tokens, self.dim))[...] = result.hidden.numpy()
+
+    def read(self, arena: Arena, offset: int, layer: int | None) -> ItemResult:
+        """A copy of the results at `offset`: the region is given back right after."""
+        probs = None
+        if self.classes:
+            probs = torch.from_numpy(arena.array(offset, _FLOAT, (self.classes,)).copy())
+        offset += _FLOAT.itemsize * self.classes
+        embedding = torch.from_numpy(arena.array(offset, _FLOAT, (self.dim,)).copy())
+        hidden = None
+        if layer is not None:
+            offset += _FLOAT.itemsize * self.dim
+            hidden = torch.from_numpy(arena.array(offset, _FLOAT, (self.tokens, self.dim)).copy())
+        return ItemResult(probs, embedding, hidden)
+
+
+# "u": uint8 pixels laid out (S, S, 3), as decoded; "f": a float32 (3, S, S) tensor sent to /v2
+def _kind(image: torch.Tensor) -> str:
+    return "u" if image.dtype == torch.uint8 else "f"
+
+
+def _pixels(arena: Arena, offset: int, kind: str, size: int) -> np.ndarray:
+    if kind == "u":
+        return arena.array(offset, np.uint8, (size, size, 3))
+    return arena.array(offset, _FLOAT, (3, size, size))
+
+
+def _image_view(arena: Arena, offset: int, kind: str, size: int) -> torch.Tensor:
+    """The (3, S, S) image at `offset`, in place, as the engine's `stage` takes it."""
+    pixels = torch.from_numpy(_pixels(arena, offset, kind, size))
+    return pixels.permute(2, 0, 1) if kind == "u" else pixels
+
+
+# ----------------------------------------------------------------------- front-end side
+
+
+@dataclass(eq=False)
+class _Pending:
+    future: asyncio.Future[list[Any] | None]  # the engine's outcome: None, or [error class, message]
+    offset: int
+    size: int
+    abandoned: bool = False  # its caller has gone: give the region back when the answer comes
+
+
+class EngineClient:
+    """A front-end's connection to the engine process: `submit` as `Batcher.submit`."""
+
+    def __init__(self, card: ModelCard, arena: Arena) -> None:
+        self.card, self.arena = card, arena
+        self.layout = Layout.of(card)
+        self._link = _Link(self._on_message, self._on_lost)
+        self._pending: dict[int, _Pending] = {}
+        self._ids = itertools.count()
+
+    @classmethod
+    async def connect(cls, path: str, arena_bytes: Callable[[ModelCard], int]) -> EngineClient:
+        """Connect to the engine listening at `path` (ConnectionError or FileNotFoundError while
+        it is not yet listening); the arena is made `arena_bytes(card)` large."""
+        loop = asyncio.get_running_loop()
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.setblocking(False)
+        try:
+            await loop.sock_connect(sock, path)
+            card = ModelCard.from_json((await _receive_frame(loop, sock)).decode())
+            size = arena_bytes(card)
+            client = cls(card, Arena(size))
+            socket.send_fds(sock, [size.to_bytes(_HELLO, "little")], [client.arena.fd])
+            await loop.create_unix_connection(lambda: client._link, sock=sock)
+        except BaseException:
+            sock.close()
+            raise
+        return client
+
+    @staticmethod
+    def arena_bytes(card: ModelCard, queue_images: int, request_images: int) -> int:
+        """Room for a whole engine queue of decoded images, and for two of the largest requests
+        (/v2 float32 tensors, or /v1/features results) besides: beyond what is touched, the
+        pages cost nothing."""
+        layout, pixels = Layout.of(card), 3 * card.image_size**2
+        usual = aligned(max(pixels, layout.result_bytes(None)))
+        largest = aligned(max(_FLOAT.itemsize * pixels, layout.result_bytes(0)))
+        return queue_images * usual + 2 * request_images * largest
+
+    @property
+    def running(self) -> bool:
+        """False once the engine process has gone (or the connection was closed)."""
+        return self._link.open
+
+    async def submit(
+        self, images: Sequence[torch.Tensor], deadline: float, layer: int | None = None
+    ) -> list[ItemResult]:
+        """As Batcher.submit: the images' results, computed by the engine process."""
+        if not self.running:
+            raise NotReady("the engine process is not running")
+        now = time.monotonic()
+        if deadline <= now:
+            raise DeadlineExceeded("the request's deadline passed before it was queued")
+        result_bytes = self.layout.result_bytes(layer)
+        sizes = [aligned(max(image.numel() * image.element_size(), result_bytes)) for image in images]
+        total = sum(sizes)
+        start = self.arena.take(total)
+        if start is None:
+            raise Overloaded("this front-end's shared memory is full; retry shortly")
+        offsets = list(itertools.accumulate(sizes[:-1], initial=start))
+        items = []
+        for image, offset in zip(images, offsets, strict=True):
+            kind = _kind(image)
+            # numpy, not torch, copies: no torch thread team in a front-end (service/engine/device.py)
+            pixels = image.permute(1, 2, 0) if kind == "u" else image  # decoded pixels are (S, S, 3) already
+            _pixels(self.arena, offset, kind, self.card.image_size)[...] = pixels.numpy()
+            items.append([offset, kind])
+        loop = asyncio.get_running_loop()
+        request_id = next(self._ids)
+        pending = self._pending[request_id] = _Pending(loop.create_future(), start, total)
+        self._link.send(["submit", request_id, items, deadline, layer])
+        try:
+            async with asyncio.timeout_at(loop.time() + (deadline - now)):
+                outcome = await asyncio.shield(pending.future)
+        except BaseException as exc:  # the deadline, or the caller was cancelled (its client left)
+            self._abandon(request_id, pending)
+            if isinstance(exc, TimeoutError):
+                raise DeadlineExceeded("the request was not computed within its deadline") from None
+            raise
+        try:
+            if outcome is not None:
+                kind_name, message = outcome
+                raise _ERRORS.get(kind_name, InferenceFailed)(message)
+            return [self.layout.read(self.arena, offset, layer) for offset in offsets]
+        finally:
+            self.arena.give_back(start, total)
+
+    def _abandon(self, request_id: int, pending: _Pending) -> None:
+        if pending.future.done():  # answered meanwhile: the region is free to give back now
+            self.arena.give_back(pending.offset, pending.size)
+            return
+        pending.abandoned = True
+        self._link.send(["cancel", request_id])
+
+    def _on_message(self, message: list[Any]) -> None:
+        _, request_id, outcome = message
+        pending = self._pending.pop(request_id)
+        if pending.abandoned:
+            self.arena.give_back(pending.offset, pending.size)
+        else:
+            pending.future.set_result(outcome)
+
+    def _on_lost(self) -> None:
+        if self._pending:
+            log.error("the engine process closed its connection: %d requests answered 503", len(self._pending))
+        for pending in self._pending.values():
+            if not pending.future.done():
+                pending.future.set_result(["NotReady", "the engine process stopped"])
+        self._pending.clear()
+
+    async def drain(self, timeout_s: float) -> bool:
+        """Wait (at most `timeout_s`) for every request sent to be answered, then disconnect."""
+        deadline = time.monotonic() + timeout_s
+        while self._pending and self.running and time.monotonic() < deadline:
+            await asyncio.sleep(0.005)
+        finished = not self._pending
+        await self.close()
+        return finished
+
+    async def close(self) -> None:
+        if self._link.transport is not None:
+            self._link.transport.close()
+        self.arena.close()
+
+
+async def _receive_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
+    data = bytearray()
+    while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "little"):
+        chunk = await loop.sock_recv(sock, 1 << 16)
+        if not chunk:
+            raise ConnectionError("the engine closed the connection")
+        data += chunk
+    return bytes(data[4:])
+
+
+# -------------------------------------------------------------------------- engine side
+
+
+class EngineServer:
+    """In the engine process: each front-end's requests, submitted to the one batcher."""
+
+    def __init__(self, batcher: Batcher[Any], card: ModelCard) -> None:
+        self.batcher, self.card = batcher, card
+        self.layout = Layout.of(card)
+        self._connections: set[_FrontEnd] = set()
+
+    async def serve(self, path: str) -> None:
+        """Accept front-ends at `path` until cancelled."""
+        loop = asyncio.get_running_loop()
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        listener.bind(path)
+        listener.listen(128)
+        listener.setblocking(False)
+        accepting: set[asyncio.Task[None]] = set()
+        try:
+            while True:
+                sock, _ = await loop.sock_accept(listener)
+                task = loop.create_task(self._accept(sock))
+                accepting.add(task)
+                task.add_done_callback(accepting.discard)
+        finally:
+            listener.close()
+            for connection in list(self._connections):
+                connection.close()
+
+    async def _accept(self, sock: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.sock_sendall(sock, _frame(self.card.to_json().encode()))
+            sock.setblocking(True)
+            sock.settimeout(30)
+            hello, fds, _, _ = await asyncio.to_thread(socket.recv_fds, sock, _HELLO, 1)
+            sock.setblocking(False)
+            if len(hello) != _HELLO or len(fds) != 1:
+                raise ConnectionError("a front-end connected without its arena")
+            arena = Arena(int.from_bytes(hello, "little"), fds[0])
+        except (OSError, ConnectionError) as exc:
+            log.warning("a front-end failed to connect: %s", exc)
+            sock.close()
+            return
+        connection = _FrontEnd(self, arena)
+        self._connections.add(connection)
+        await loop.create_unix_connection(lambda: connection.link, sock=sock)
+        log.info("a front-end connected (%d now)", len(self._connections))
+
+
+class _FrontEnd:
+    """One front-end's connection in the engine process, and its requests being served."""
+
+    def __init__(self, server: EngineServer, arena: Arena) -> None:
+        self.server, self.arena = server, arena
+        self.link = _Link(self._on_message, self._on_lost)
+        self._requests: dict[int, asyncio.Task[None]] = {}
+
+    def _on_message(self, message: list[Any]) -> None:
+        if message[0] == "submit":
+            _, request_id, items, deadline, layer = message
+            task = asyncio.get_running_loop().create_task(self._serve(request_id, items, deadline, layer))
+            self._requests[request_id] = task
+        elif message[0] == "cancel":
+            request = self._requests.get(message[1])
+            if request is not None:
+                request.cancel()
+
+    async def _serve(self, request_id: int, items: list[list[Any]], deadline: float, layer: int | None) -> None:
+        size = self.server.card.image_size
+        outcome: list[str] | None = None
+        try:
+            images = [_image_view(self.arena, offset, kind, size) for offset, kind in items]
+            results = await self.server.batcher.submit(images, deadline, layer)
+            for (offset, _), result in zip(items, results, strict=True):
+                self.server.layout.write(self.arena, offset, result)
+        except asyncio.CancelledError:
+            outcome = ["Cancelled", "the front-end cancelled the request"]
+        except ServiceError as exc:
+            outcome = [type(exc).__name__, str(exc)]
+        except Exception:
+            log.exception("a request from a front-end failed")
+            outcome = ["InferenceFailed", "inference failed"]
+        finally:
+            del self._requests[request_id]
+        self.link.send(["done", request_id, outcome])
+
+    def _on_lost(self) -> None:
+        """The front-end has gone: its requests leave the queue."""
+        for task in self._requests.values():
+            task.cancel()
+        self.server._connections.discard(self)
+        with contextlib.suppress(OSError):
+            self.arena.close()
+
+    def close(self) -> None:
+        if self.link.transport is not None:
+            self.link.transport.close()
