@@ -37,7 +37,7 @@ from typing import Any
 import httpx
 
 from bench.load import closed_loop
-from bench.procfs import process_tree
+from bench.procfs import is_decoder, process_tree
 from bench.systems import _free_port, _wait_healthy
 from bench.workload import jpeg
 from model.preprocess import PreprocessConfig, load_image, normalize
@@ -62,6 +62,7 @@ def main(argv: list[str] | None = None) -> None:
         default=True,
         help="also the floor: a bare uvicorn app that only decodes (bench.peers.decode_only)",
     )
+    parser.add_argument("--workers", default="1,2", help="front-end processes (VIT_WORKERS) to compare")
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
@@ -70,21 +71,25 @@ def main(argv: list[str] | None = None) -> None:
     client = "wrk" if shutil.which("wrk") else "python (bench.load; wrk not installed)"
     sizes = args.sizes.split(",")
     points = []
+    worker_counts = [int(n) for n in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        with _server(args.pin_server) as (url, pid):
-            targets: list[tuple[str, str, bytes | None]] = []
-            if args.floors:
-                targets += [("healthz", "/healthz", None), ("models", "/v1/models", None)]
-            targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in sizes]
-            for name, path, body in targets:
-                for concurrency in levels:
-                    points.append(_point(url, pid, name, path, body, concurrency, args, Path(tmp), vit_serve=True))
-        if args.decode_only:
-            with _server(args.pin_server, decode_only=True) as (url, pid):
-                for size in sizes:
+        for workers in worker_counts:
+            with _server(args.pin_server, workers=workers) as (url, pid):
+                targets: list[tuple[str, str, bytes | None]] = []
+                if args.floors and workers == worker_counts[0]:
+                    targets += [("healthz", "/healthz", None), ("models", "/v1/models", None)]
+                targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in sizes]
+                for name, path, body in targets:
                     for concurrency in levels:
-                        name = f"decode-only {size}"
-                        points.append(_point(url, pid, name, "/", jpeg(size), concurrency, args, Path(tmp)))
+                        point = _point(url, pid, name, path, body, concurrency, args, Path(tmp), vit_serve=True)
+                        points.append({"workers": workers, **point})
+            if args.decode_only:
+                with _server(args.pin_server, decode_only=True, workers=workers) as (url, pid):
+                    for size in sizes:
+                        for concurrency in levels:
+                            name = f"decode-only {size}"
+                            point = _point(url, pid, name, "/", jpeg(size), concurrency, args, Path(tmp))
+                            points.append({"workers": workers, **point})
     result = {
         "command": "python -m bench.ceiling " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.date.today().isoformat(),
@@ -92,24 +97,69 @@ def main(argv: list[str] | None = None) -> None:
         "client": client,
         "model": MODEL,
         "points": points,
+        "scaling": _scaling(points, worker_counts),
     }
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "ceiling.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(points, args.out / "ceiling.png", result)
     floors = {
-        (p["target"].removeprefix("decode-only "), p["concurrency"]): p for p in points if "decode-only" in p["target"]
+        (p["target"].removeprefix("decode-only "), p["concurrency"], p["workers"]): p
+        for p in points
+        if "decode-only" in p["target"]
     }
     for point in points:
         if "model_ms_per_request" in point:
-            floor = floors.get((point["target"].removeprefix("classify "), point["concurrency"]))
+            floor = floors.get((point["target"].removeprefix("classify "), point["concurrency"], point["workers"]))
             shown = f"; a bare uvicorn app that only decodes: {floor['cpu_over_decode']:.2f} ×" if floor else ""
             print(
-                f"{point['target']} c={point['concurrency']}: server CPU {point['server_cpu_ms_per_request']:.2f} ms"
+                f"{point['target']} c={point['concurrency']} workers={point['workers']}:"
+                f" server CPU {point['server_cpu_ms_per_request']:.2f} ms"
                 f" per request = {point['cpu_over_decode']:.2f} × decode+resize+normalise"
                 f" ({point['decode_ms']:.2f} ms);"
                 f" the null model's forward pass: {point['model_ms_per_request']:.2f} ms an image"
                 f" at batch {round(point['mean_batch_size'])}{shown}"
             )
+
+
+def _scaling(points: list[dict], worker_counts: list[int]) -> list[dict[str, Any]]:
+    """For each image and concurrency, what each further number of processes gave vit-serve
+    against the first, beside what it gave the decode-only floor (issue 14's targets): the
+    scaling of requests/s, the cores used (server CPU seconds a second) against the floor's
+    with as many processes, and the growth of CPU per request. Printed, and kept in the JSON."""
+    by_key = {(p["target"], p["concurrency"], p["workers"]): p for p in points}
+
+    def cores(point: dict) -> float:
+        return float(point["requests_per_s"] * point["server_cpu_ms_per_request"] / 1000)
+
+    rows = []
+    first = worker_counts[0]
+    for (target, concurrency, workers), point in by_key.items():
+        size = target.removeprefix("classify ")
+        base = by_key.get((target, concurrency, first))
+        floor, floor_base = (by_key.get((f"decode-only {size}", concurrency, n)) for n in (workers, first))
+        if not target.startswith("classify") or workers == first or None in (base, floor, floor_base):
+            continue
+        assert base is not None and floor is not None and floor_base is not None
+        row = {
+            "image": size,
+            "concurrency": concurrency,
+            "processes": [first, workers],
+            "scaling": point["requests_per_s"] / base["requests_per_s"],
+            "floor_scaling": floor["requests_per_s"] / floor_base["requests_per_s"],
+            "cores": cores(point),
+            "floor_cores": cores(floor),
+            "cpu_per_request_growth": point["server_cpu_ms_per_request"] / base["server_cpu_ms_per_request"],
+        }
+        row["scaling_over_floor"] = row["scaling"] / row["floor_scaling"]
+        row["cores_over_floor"] = row["cores"] / row["floor_cores"]
+        rows.append(row)
+        print(
+            f"{size} c={concurrency}, {first} -> {workers} processes: requests/s × {row['scaling']:.2f}"
+            f" (the decode-only floor: × {row['floor_scaling']:.2f}; ratio {row['scaling_over_floor']:.2f});"
+            f" {row['cores']:.2f} cores (the floor's {workers}: {row['floor_cores']:.2f}; ratio"
+            f" {row['cores_over_floor']:.2f}); CPU per request × {row['cpu_per_request_growth']:.2f}"
+        )
+    return rows
 
 
 def _point(
@@ -146,12 +196,12 @@ def _point(
 
 
 class _server:
-    """vit-serve with the null model on 127.0.0.1, optionally pinned, run from the checkout
-    `tree` (default: this one); or, with `decode_only`, the floor: bench.peers.decode_only under
-    uvicorn. Yields (url, pid)."""
+    """vit-serve with the null model on 127.0.0.1 and `workers` front-ends, optionally pinned,
+    run from the checkout `tree` (default: this one); or, with `decode_only`, the floor:
+    bench.peers.decode_only in `workers` processes. Yields (url, pid)."""
 
-    def __init__(self, cpus: str | None, tree: Path | None = None, decode_only: bool = False) -> None:
-        self.cpus, self.tree, self.decode_only = cpus, tree, decode_only
+    def __init__(self, cpus: str | None, tree: Path | None = None, decode_only: bool = False, workers: int = 1) -> None:
+        self.cpus, self.tree, self.decode_only, self.workers = cpus, tree, decode_only, workers
 
     def __enter__(self) -> tuple[str, int]:
         port = _free_port()
@@ -163,6 +213,7 @@ class _server:
             "VIT_DEVICE": "cpu",
             "VIT_MAX_QUEUE_SIZE": "100000",
             "VIT_LOG_LEVEL": "warning",
+            "VIT_WORKERS": str(self.workers),
             # One intra-op thread: the null model's forward pass stays near zero. On two, libgomp's
             # workers spin-wait after each of its tiny parallel regions, which doubled the server's
             # CPU per request here: a cost of torch's thread team, not of serving.
@@ -171,8 +222,8 @@ class _server:
         cmd = [sys.executable, "-m", "service"]
         ready = "/readyz"
         if self.decode_only:
-            cmd = [sys.executable, "-m", "uvicorn", "bench.peers.decode_only:app", "--host", "127.0.0.1"]
-            cmd += ["--port", str(port), "--log-level", "warning", "--no-access-log"]
+            cmd = [sys.executable, "-m", "bench.peers.decode_only", "--port", str(port)]
+            cmd += ["--processes", str(self.workers)]
             ready = "/"
         if self.cpus:
             cmd = ["taskset", "-c", self.cpus, *cmd]
@@ -184,8 +235,9 @@ class _server:
         except RuntimeError:
             self.__exit__()
             raise
-        if self.decode_only:  # its first decode imports torch: not part of any request
-            httpx.post(url, content=jpeg("224"), timeout=60)
+        if self.decode_only:  # each process's first decode imports torch: not part of any request
+            for _ in range(4 * self.workers):
+                httpx.post(url, content=jpeg("224"), timeout=60, headers={"connection": "close"})
         return url, self.proc.pid
 
     def __exit__(self, *exc: object) -> None:
@@ -207,15 +259,16 @@ def _measured_load(
 
 
 def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a process, and of its children (the decode processes)."""
-    main = children = 0.0
+    """User and system CPU seconds of a server and its descendants: those of its decode
+    processes, and those of the rest (the process, or a group's supervisor, front-ends and engine)."""
+    main = decoders = 0.0
     for process, fields in process_tree(pid):
         seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-        if process == pid:
-            main += seconds
+        if is_decoder(process):
+            decoders += seconds
         else:
-            children += seconds
-    return main, children
+            main += seconds
+    return main, decoders
 
 
 def _batch_totals(url: str) -> tuple[float, float]:

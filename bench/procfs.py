@@ -1,4 +1,5 @@
-"""A process and its children (vit-serve and its decode processes), read from /proc/<pid>/stat."""
+"""A process and its descendants (vit-serve, its front-ends, engine and decode processes), read
+from /proc/<pid>/stat."""
 
 from __future__ import annotations
 
@@ -7,16 +8,34 @@ from collections.abc import Iterator
 
 
 def process_tree(pid: int) -> Iterator[tuple[int, list[str]]]:
-    """(pid, stat fields) of `pid` and of each of its children. The fields are those after the
-    command name, so field i here is field i + 3 of proc(5): [1] ppid, [11] utime, [12] stime
+    """(pid, stat fields) of `pid` and of each of its descendants. The fields are those after
+    the command name, so field i here is field i + 3 of proc(5): [1] ppid, [11] utime, [12] stime
     (clock ticks), [21] rss (pages). A process that exits while this reads is skipped."""
+    stats: dict[int, list[str]] = {}
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         try:
             with open(f"/proc/{entry}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+                stats[int(entry)] = f.read().rsplit(")", 1)[1].split()
         except OSError:
             continue
-        if int(entry) == pid or int(fields[1]) == pid:
-            yield int(entry), fields
+    tree = {pid}
+    grew = True
+    while grew:  # parents before children is not guaranteed by pid order: repeat until stable
+        grew = False
+        for child, fields in stats.items():
+            if child not in tree and int(fields[1]) in tree:
+                tree.add(child)
+                grew = True
+    for member in sorted(tree & stats.keys()):
+        yield member, stats[member]
+
+
+def is_decoder(pid: int) -> bool:
+    """Whether `pid` is one of vit-serve's decode processes (`python -m service.decoding`)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return b"service.decoding" in f.read()
+    except OSError:
+        return False

@@ -47,6 +47,7 @@ from types import FrameType
 from typing import Any
 
 import torch
+import uvloop
 
 from model.checkpoints import CheckpointError
 from model.labels import LabelsError
@@ -120,7 +121,7 @@ class Group:
         metrics_dir.mkdir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by every child
         # Bound, never listening: holds the port (port 0 picks one) for the front-ends' sockets
-        self.holder = _reuseport_socket(self.settings.host, self.settings.port)
+        self.holder = reuseport_socket(self.settings.host, self.settings.port)
         self.port = self.holder.getsockname()[1]
         self.signals, self._signalled = os.pipe()
         self.engine: BaseProcess | None = None
@@ -227,7 +228,7 @@ def _forget(process: BaseProcess) -> None:
         multiprocess.mark_process_dead(process.pid)
 
 
-def _reuseport_socket(host: str, port: int) -> socket.socket:
+def reuseport_socket(host: str, port: int) -> socket.socket:
     passive = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = passive[0]
     sock = socket.socket(family, kind, proto)
@@ -255,7 +256,7 @@ def _front_end_main(settings: Settings, engine_socket: str, port: int, index: in
     raise_fd_limit()
     torch.set_num_threads(1)  # a front-end computes nothing: no OpenMP team to spin on the cores
     app = create_app(settings, engine_socket=engine_socket)
-    sock = _reuseport_socket(settings.host, port)
+    sock = reuseport_socket(settings.host, port)
     sock.listen(_BACKLOG)
     config = server_config(app, settings, log_config=log_config, access_log=False)
     DrainingServer(config, app.state.service).run(sockets=[sock])
@@ -268,7 +269,8 @@ def _engine_main(settings: Settings, engine_socket: str) -> None:
     engine = load_engine(settings)
     if engine is None:
         sys.exit(2)
-    sys.exit(asyncio.run(_run_engine(engine, settings, engine_socket)))
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # uvloop, as the front-ends' uvicorn
+        sys.exit(runner.run(_run_engine(engine, settings, engine_socket)))
 
 
 async def _run_engine(engine: Engine, settings: Settings, path: str) -> int:

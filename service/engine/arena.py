@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import bisect
 import contextlib
+import math
 import mmap
 import os
 
@@ -72,8 +73,7 @@ class Arena:
 
     def array(self, offset: int, dtype: np.dtype | type, shape: tuple[int, ...]) -> np.ndarray:
         """A view of the arena at `offset`: writes go straight to the shared memory."""
-        count = int(np.prod(shape))
-        return np.frombuffer(self.buffer, dtype, count, offset).reshape(shape)
+        return np.frombuffer(self.buffer, dtype, math.prod(shape), offset).reshape(shape)
 
     def close(self) -> None:
         """Unmap and close; views still alive keep the mapping until they go."""

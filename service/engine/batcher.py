@@ -18,7 +18,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -42,7 +42,7 @@ class ItemResult:
 
 
 @dataclass(eq=False)
-class _Item:
+class Item:
     image: torch.Tensor
     future: asyncio.Future[ItemResult]
     enqueued: float
@@ -75,7 +75,7 @@ class Batcher(Generic[Staged]):
         self.max_batch_size, self.max_wait_s, self.max_queue_size = max_batch_size, max_wait_s, max_queue_size
         self.adaptive = adaptive
         self._metrics = metrics
-        self._queue: deque[_Item] = deque()
+        self._queue: deque[Item] = deque()
         self._wakeup = asyncio.Event()
         self._slots = asyncio.Semaphore(max_in_flight)  # e.g. one batch running, one staged behind it
         self._in_flight = 0
@@ -153,7 +153,9 @@ class Batcher(Generic[Staged]):
 
     # --------------------------------------------------------------------------- submit
 
-    async def submit(self, images: list[torch.Tensor], deadline: float, layer: int | None = None) -> list[ItemResult]:
+    async def submit(
+        self, images: Sequence[torch.Tensor], deadline: float, layer: int | None = None
+    ) -> list[ItemResult]:
         """Queue `images` and wait for their results, until `deadline` (monotonic); with `layer`,
         each result also holds that layer's hidden states.
 
@@ -161,6 +163,22 @@ class Batcher(Generic[Staged]):
         draining, InferenceFailed if their batch failed. Cancelling this call (the client
         left) takes its images out of the queue: they are never computed.
         """
+        items = self.enqueue(images, deadline, layer)
+        loop = asyncio.get_running_loop()
+        try:
+            async with asyncio.timeout_at(loop.time() + (deadline - time.monotonic())):
+                if len(items) == 1:  # the usual request: its future alone, not a gathering of one
+                    return [await items[0].future]
+                return list(await asyncio.gather(*(item.future for item in items)))
+        except TimeoutError:
+            raise DeadlineExceeded("the request was not computed within its deadline") from None
+        finally:
+            self.forget(items)
+
+    def enqueue(self, images: Sequence[torch.Tensor], deadline: float, layer: int | None = None) -> list[Item]:
+        """`submit` without the waiting: queue the images and return their items, whose futures
+        get the results (or a DeadlineExceeded if still queued at the deadline, which nothing
+        else enforces here). The caller must `forget` them once done with them."""
         if not self._accepting or not self.running:
             raise NotReady("the service is not accepting requests")
         now = time.monotonic()
@@ -169,21 +187,13 @@ class Batcher(Generic[Staged]):
         if len(self._queue) + len(images) > self.max_queue_size:
             raise Overloaded(f"the queue is full ({self.max_queue_size} images); retry shortly")
         loop = asyncio.get_running_loop()
-        items = [_Item(image, loop.create_future(), now, deadline, layer) for image in images]
+        items = [Item(image, loop.create_future(), now, deadline, layer) for image in images]
         self._queue.extend(items)
         self._set_depth()
         self._wakeup.set()
-        try:
-            async with asyncio.timeout_at(loop.time() + (deadline - now)):
-                if len(items) == 1:  # the usual request: its future alone, not a gathering of one
-                    return [await items[0].future]
-                return list(await asyncio.gather(*(item.future for item in items)))
-        except TimeoutError:
-            raise DeadlineExceeded("the request was not computed within its deadline") from None
-        finally:
-            self._forget(items)
+        return items
 
-    def _forget(self, items: list[_Item]) -> None:
+    def forget(self, items: list[Item]) -> None:
         """Cancel a request's unfinished items and take any still queued out of the queue."""
         pending = [item for item in items if not item.future.done() or item.future.cancelled()]
         if not pending:  # the usual case: every item was answered, none is queued
@@ -217,7 +227,7 @@ class Batcher(Generic[Staged]):
             self._running.add(task)  # a reference, so the task is not collected mid-flight
             task.add_done_callback(self._running.discard)
 
-    async def _next_batch(self) -> list[_Item]:
+    async def _next_batch(self) -> list[Item]:
         """Wait for a batch to be due, then take it (skipping gone and expired items)."""
         while not self._queue:
             self._wakeup.clear()
@@ -237,7 +247,7 @@ class Batcher(Generic[Staged]):
             if not self._queue:
                 return []
         now = time.monotonic()
-        batch: list[_Item] = []
+        batch: list[Item] = []
         while self._queue and len(batch) < self.max_batch_size:
             item = self._queue.popleft()
             if item.future.done():  # cancelled: its client has gone
@@ -252,7 +262,7 @@ class Batcher(Generic[Staged]):
                 self._metrics.queue_wait.observe(now - item.enqueued)
         return batch
 
-    async def _run(self, batch: list[_Item]) -> None:
+    async def _run(self, batch: list[Item]) -> None:
         loop = asyncio.get_running_loop()
         try:
             staged = None
@@ -280,7 +290,7 @@ class Batcher(Generic[Staged]):
             self._slots.release()
             self._wakeup.set()
 
-    def _compute(self, batch: list[_Item], staged: Any | None) -> tuple[BatchOutput | None, list[_Item]]:
+    def _compute(self, batch: list[Item], staged: Any | None) -> tuple[BatchOutput | None, list[Item]]:
         """On the compute thread: drop rows whose client left while the batch waited, stage it
         unless it was staged already, then run it."""
         keep = [row for row, item in enumerate(batch) if not item.future.done()]

@@ -40,7 +40,7 @@ import numpy as np
 import torch
 
 from service.engine.arena import Arena, aligned
-from service.engine.batcher import Batcher, ItemResult
+from service.engine.batcher import Batcher, Item, ItemResult
 from service.engine.card import ModelCard
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
 
@@ -59,6 +59,7 @@ class _Link(asyncio.Protocol):
     def __init__(self, on_message: Callable[[list[Any]], None], on_lost: Callable[[], None]) -> None:
         self._on_message, self._on_lost = on_message, on_lost
         self._inbox = bytearray()
+        self._outbox: list[bytes] = []  # written together once this turn of the loop is done
         self.transport: asyncio.Transport | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -78,8 +79,16 @@ class _Link(asyncio.Protocol):
         self._on_lost()
 
     def send(self, message: list[Any]) -> None:
+        """Queue `message`; what is sent in one turn of the event loop (a batch's answers, a
+        burst of requests) goes in one write: one system call, one wake-up of the other side."""
+        if not self._outbox:
+            asyncio.get_running_loop().call_soon(self._flush)
+        self._outbox.append(_frame(json.dumps(message, separators=(",", ":")).encode()))
+
+    def _flush(self) -> None:
         if self.transport is not None and not self.transport.is_closing():
-            self.transport.write(_frame(json.dumps(message, separators=(",", ":")).encode()))
+            self.transport.write(b"".join(self._outbox))
+        self._outbox.clear()
 
     @property
     def open(self) -> bool:
@@ -155,9 +164,8 @@ def _image_view(arena: Arena, offset: int, kind: str, size: int) -> torch.Tensor
 @dataclass(eq=False)
 class _Pending:
     future: asyncio.Future[list[Any] | None]  # the engine's outcome: None, or [error class, message]
-    offset: int
+    offset: int  # the request's region of the arena
     size: int
-    abandoned: bool = False  # its caller has gone: give the region back when the answer comes
 
 
 class EngineClient:
@@ -229,37 +237,43 @@ class EngineClient:
             items.append([offset, kind])
         loop = asyncio.get_running_loop()
         request_id = next(self._ids)
-        pending = self._pending[request_id] = _Pending(loop.create_future(), start, total)
+        future: asyncio.Future[list[Any] | None] = loop.create_future()
+        self._pending[request_id] = _Pending(future, start, total)
         self._link.send(["submit", request_id, items, deadline, layer])
+        # The deadline as one timer rather than a timeout scope: it answers 504 and cancels the
+        # request in the engine, which gives the region back with its answer.
+        timer = loop.call_at(loop.time() + (deadline - now), self._expire, request_id)
         try:
-            async with asyncio.timeout_at(loop.time() + (deadline - now)):
-                outcome = await asyncio.shield(pending.future)
-        except BaseException as exc:  # the deadline, or the caller was cancelled (its client left)
-            self._abandon(request_id, pending)
-            if isinstance(exc, TimeoutError):
-                raise DeadlineExceeded("the request was not computed within its deadline") from None
+            outcome = await future
+        except asyncio.CancelledError:  # the client left; `future` is cancelled with this call
+            if future.cancelled():  # still in the engine: cancel it there
+                self._link.send(["cancel", request_id])
+            elif future.result() is None:  # answered, not yet read: nobody else gives the region back
+                self.arena.give_back(start, total)
             raise
+        finally:
+            timer.cancel()
+        if outcome is not None:
+            raise _ERRORS.get(outcome[0], InferenceFailed)(outcome[1])
         try:
-            if outcome is not None:
-                kind_name, message = outcome
-                raise _ERRORS.get(kind_name, InferenceFailed)(message)
             return [self.layout.read(self.arena, offset, layer) for offset in offsets]
         finally:
             self.arena.give_back(start, total)
 
-    def _abandon(self, request_id: int, pending: _Pending) -> None:
-        if pending.future.done():  # answered meanwhile: the region is free to give back now
-            self.arena.give_back(pending.offset, pending.size)
-            return
-        pending.abandoned = True
-        self._link.send(["cancel", request_id])
+    def _expire(self, request_id: int) -> None:
+        pending = self._pending.get(request_id)
+        if pending is not None and not pending.future.done():
+            pending.future.set_result(["DeadlineExceeded", "the request was not computed within its deadline"])
+            self._link.send(["cancel", request_id])
 
     def _on_message(self, message: list[Any]) -> None:
+        """The engine's answer: its region comes back now unless results wait there to be read."""
         _, request_id, outcome = message
         pending = self._pending.pop(request_id)
-        if pending.abandoned:
+        abandoned = pending.future.done()  # cancelled, or answered 504 by the timer
+        if abandoned or outcome is not None:
             self.arena.give_back(pending.offset, pending.size)
-        else:
+        if not abandoned:
             pending.future.set_result(outcome)
 
     def _on_lost(self) -> None:
@@ -347,46 +361,55 @@ class EngineServer:
 
 
 class _FrontEnd:
-    """One front-end's connection in the engine process, and its requests being served."""
+    """One front-end's connection in the engine process, and its requests in the batcher.
+
+    Requests are queued with `Batcher.enqueue` and answered from their items' done-callbacks:
+    no task, no timer per request (the front-end keeps the deadline, and the batcher answers
+    an item still queued past it)."""
 
     def __init__(self, server: EngineServer, arena: Arena) -> None:
         self.server, self.arena = server, arena
         self.link = _Link(self._on_message, self._on_lost)
-        self._requests: dict[int, asyncio.Task[None]] = {}
+        self._requests: dict[int, _Request] = {}
 
     def _on_message(self, message: list[Any]) -> None:
         if message[0] == "submit":
             _, request_id, items, deadline, layer = message
-            task = asyncio.get_running_loop().create_task(self._serve(request_id, items, deadline, layer))
-            self._requests[request_id] = task
+            self._submit(request_id, items, deadline, layer)
         elif message[0] == "cancel":
             request = self._requests.get(message[1])
             if request is not None:
-                request.cancel()
+                self.server.batcher.forget(request.queued)  # each item's callback then finishes it
 
-    async def _serve(self, request_id: int, items: list[list[Any]], deadline: float, layer: int | None) -> None:
+    def _submit(self, request_id: int, items: list[list[Any]], deadline: float, layer: int | None) -> None:
         size = self.server.card.image_size
-        outcome: list[str] | None = None
+        images = [_image_view(self.arena, offset, kind, size) for offset, kind in items]
         try:
-            images = [_image_view(self.arena, offset, kind, size) for offset, kind in items]
-            results = await self.server.batcher.submit(images, deadline, layer)
-            for (offset, _), result in zip(items, results, strict=True):
-                self.server.layout.write(self.arena, offset, result)
-        except asyncio.CancelledError:
-            outcome = ["Cancelled", "the front-end cancelled the request"]
+            queued = self.server.batcher.enqueue(images, deadline, layer)
         except ServiceError as exc:
-            outcome = [type(exc).__name__, str(exc)]
-        except Exception:
-            log.exception("a request from a front-end failed")
-            outcome = ["InferenceFailed", "inference failed"]
-        finally:
-            del self._requests[request_id]
-        self.link.send(["done", request_id, outcome])
+            self.link.send(["done", request_id, [type(exc).__name__, str(exc)]])
+            return
+        request = self._requests[request_id] = _Request(self, request_id, [offset for offset, _ in items], queued)
+        for item in queued:
+            item.future.add_done_callback(request.item_done)
+
+    def finish(self, request: _Request) -> None:
+        """Every item is done: write the results, or pass on the first failure."""
+        del self._requests[request.request_id]
+        outcome = request.failure
+        if outcome is None:
+            try:
+                for offset, item in zip(request.offsets, request.queued, strict=True):
+                    self.server.layout.write(self.arena, offset, item.future.result())
+            except Exception:
+                log.exception("writing results for a front-end failed")
+                outcome = ["InferenceFailed", "inference failed"]
+        self.link.send(["done", request.request_id, outcome])
 
     def _on_lost(self) -> None:
         """The front-end has gone: its requests leave the queue."""
-        for task in self._requests.values():
-            task.cancel()
+        for request in list(self._requests.values()):
+            self.server.batcher.forget(request.queued)
         self.server._connections.discard(self)
         with contextlib.suppress(OSError):
             self.arena.close()
@@ -394,3 +417,29 @@ class _FrontEnd:
     def close(self) -> None:
         if self.link.transport is not None:
             self.link.transport.close()
+
+
+@dataclass(eq=False)
+class _Request:
+    """A request in the engine: its items, how many are still running, its first failure."""
+
+    front_end: _FrontEnd
+    request_id: int
+    offsets: list[int]
+    queued: list[Item]
+    failure: list[str] | None = None
+
+    def __post_init__(self) -> None:
+        self.running = len(self.queued)
+
+    def item_done(self, future: asyncio.Future[ItemResult]) -> None:
+        self.running -= 1
+        if self.failure is None and (future.cancelled() or future.exception() is not None):
+            error = None if future.cancelled() else future.exception()
+            if isinstance(error, ServiceError):
+                self.failure = [type(error).__name__, str(error)]
+            else:
+                self.failure = ["Cancelled" if error is None else "InferenceFailed", "the request was not computed"]
+            self.front_end.server.batcher.forget(self.queued)  # the rest would be computed in vain
+        if self.running == 0:
+            self.front_end.finish(self)
