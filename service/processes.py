@@ -68,7 +68,7 @@ _STOP_WAIT_S = 10.0  # for the engine to exit once asked, and for a killed proce
 _BACKLOG = 2048
 # Signals this close to the first are the same request (`timeout` signals its child and then
 # the child's process group, for one): only a later one means "stop now".
-_SAME_SIGNAL_S = 1.0
+_SAME_SIGNAL_S = 0.1
 
 
 def serve(settings: Settings) -> int:
@@ -242,12 +242,14 @@ def reuseport_socket(host: str, port: int) -> socket.socket:
 
 
 def _as_child(process: str, settings: Settings) -> dict[str, Any]:
-    """A child's set-up: a process group of its own, death with the supervisor, logging."""
+    """A child's set-up: a process group of its own, death with the supervisor, a name that
+    `ps -o comm` and /proc/<pid>/comm show ("vit-engine", "vit-front-end-2"), logging."""
     os.setpgid(0, 0)
     libc = ctypes.CDLL(None, use_errno=True)
     libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
     if os.getppid() == 1:  # the supervisor died before prctl
         sys.exit(1)
+    libc.prctl(15, ("vit-" + process.replace(" ", "-")).encode()[:15])  # PR_SET_NAME
     return configure_logging(settings.log_level, process)
 
 

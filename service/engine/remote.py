@@ -434,8 +434,8 @@ class _Request:
 
     def item_done(self, future: asyncio.Future[ItemResult]) -> None:
         self.running -= 1
-        if self.failure is None and (future.cancelled() or future.exception() is not None):
-            error = None if future.cancelled() else future.exception()
+        error = None if future.cancelled() else future.exception()  # retrieved, every one
+        if self.failure is None and (future.cancelled() or error is not None):
             if isinstance(error, ServiceError):
                 self.failure = [type(error).__name__, str(error)]
             else:
