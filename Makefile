@@ -30,8 +30,10 @@ lint:
 	$(BIN)/bandit -q -r model service
 	$(BIN)/hadolint Dockerfile
 
+# The whole suite, then the end-to-end tests again with two front-end processes and an engine process.
 test: install-test lint
 	$(BIN)/python -m pytest -q
+	VIT_WORKERS=2 $(BIN)/python -m pytest -q -m e2e
 
 bench: install-test
 	$(BIN)/python -m bench --out bench-results

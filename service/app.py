@@ -32,10 +32,15 @@ def create_app(
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         if engine_socket is not None:
-            starting = lifecycle.start_front_end(state, engine_socket)
+            # A front-end starts listening only once ready (uvicorn listens after the lifespan has
+            # started), so that the kernel never hands its share of connections to a front-end
+            # that would answer 503: neither at start-up nor when one is replaced.
+            loader = asyncio.create_task(lifecycle.start_front_end(state, engine_socket))
+            await loader
+            if state.status != "ready":
+                raise RuntimeError("the front-end failed to start")
         else:
-            starting = lifecycle.start(state, engine_factory)
-        loader = asyncio.create_task(starting)
+            loader = asyncio.create_task(lifecycle.start(state, engine_factory))
         try:
             yield
         finally:

@@ -133,6 +133,7 @@ def rss_bytes(pid: int) -> int:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_memory_does_not_grow_across_a_thousand_bad_requests() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"

@@ -24,6 +24,8 @@ from bench.procfs import process_tree
 from tests.service import bombs
 from tests.service.conftest import server_process
 
+pytestmark = pytest.mark.e2e
+
 MiB = 1 << 20
 DECODE_MEMORY = 256 * MiB
 ENV = {

@@ -10,9 +10,12 @@ import socket
 import time
 
 import httpx
+import pytest
 
 from tests.images import encode, gradient
 from tests.service.conftest import server_process
+
+pytestmark = pytest.mark.e2e
 
 PNG = encode(gradient(64, 64), "PNG")
 # A model slow enough on the CPU (tens of ms a pass) that requests are still queued at SIGTERM.

@@ -21,6 +21,7 @@ def metric(text: str, name: str) -> float:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_every_request_gets_exactly_one_right_answer() -> None:
     port = free_port()
     url = f"http://127.0.0.1:{port}"
