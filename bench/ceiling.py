@@ -63,6 +63,7 @@ def main(argv: list[str] | None = None) -> None:
         help="also the floor: a bare uvicorn app that only decodes (bench.peers.decode_only)",
     )
     parser.add_argument("--workers", default="1,2", help="front-end processes (VIT_WORKERS) to compare")
+    parser.add_argument("--rounds", type=int, default=1, help="repeat every configuration, interleaved")
     parser.add_argument("--quick", action="store_true", help="short runs: a smoke test")
     args = parser.parse_args(argv)
     if args.quick:
@@ -73,23 +74,24 @@ def main(argv: list[str] | None = None) -> None:
     points = []
     worker_counts = [int(n) for n in args.workers.split(",")]
     with tempfile.TemporaryDirectory() as tmp:
-        for workers in worker_counts:
-            with _server(args.pin_server, workers=workers) as (url, pid):
-                targets: list[tuple[str, str, bytes | None]] = []
-                if args.floors and workers == worker_counts[0]:
-                    targets += [("healthz", "/healthz", None), ("models", "/v1/models", None)]
-                targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in sizes]
-                for name, path, body in targets:
-                    for concurrency in levels:
-                        point = _point(url, pid, name, path, body, concurrency, args, Path(tmp), vit_serve=True)
-                        points.append({"workers": workers, **point})
-            if args.decode_only:
-                with _server(args.pin_server, decode_only=True, workers=workers) as (url, pid):
-                    for size in sizes:
+        for round_ in range(args.rounds):  # each round every configuration once: the host drifts between rounds
+            for workers in worker_counts:
+                with _server(args.pin_server, workers=workers) as (url, pid):
+                    targets: list[tuple[str, str, bytes | None]] = []
+                    if args.floors and workers == worker_counts[0] and round_ == 0:
+                        targets += [("healthz", "/healthz", None), ("models", "/v1/models", None)]
+                    targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in sizes]
+                    for name, path, body in targets:
                         for concurrency in levels:
-                            name = f"decode-only {size}"
-                            point = _point(url, pid, name, "/", jpeg(size), concurrency, args, Path(tmp))
-                            points.append({"workers": workers, **point})
+                            point = _point(url, pid, name, path, body, concurrency, args, Path(tmp), vit_serve=True)
+                            points.append({"round": round_, "workers": workers, **point})
+                if args.decode_only:
+                    with _server(args.pin_server, decode_only=True, workers=workers) as (url, pid):
+                        for size in sizes:
+                            for concurrency in levels:
+                                name = f"decode-only {size}"
+                                point = _point(url, pid, name, "/", jpeg(size), concurrency, args, Path(tmp))
+                                points.append({"round": round_, "workers": workers, **point})
     result = {
         "command": "python -m bench.ceiling " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.date.today().isoformat(),
@@ -103,13 +105,14 @@ def main(argv: list[str] | None = None) -> None:
     (args.out / "ceiling.json").write_text(json.dumps(result, indent=2) + "\n")
     _plot(points, args.out / "ceiling.png", result)
     floors = {
-        (p["target"].removeprefix("decode-only "), p["concurrency"], p["workers"]): p
+        (p["round"], p["target"].removeprefix("decode-only "), p["concurrency"], p["workers"]): p
         for p in points
         if "decode-only" in p["target"]
     }
     for point in points:
         if "model_ms_per_request" in point:
-            floor = floors.get((point["target"].removeprefix("classify "), point["concurrency"], point["workers"]))
+            key = (point["round"], point["target"].removeprefix("classify "), point["concurrency"], point["workers"])
+            floor = floors.get(key)
             shown = f"; a bare uvicorn app that only decodes: {floor['cpu_over_decode']:.2f} ×" if floor else ""
             print(
                 f"{point['target']} c={point['concurrency']} workers={point['workers']}:"
@@ -125,39 +128,48 @@ def _scaling(points: list[dict], worker_counts: list[int]) -> list[dict[str, Any
     """For each image and concurrency, what each further number of processes gave vit-serve
     against the first, beside what it gave the decode-only floor (issue 14's targets): the
     scaling of requests/s, the cores used (server CPU seconds a second) against the floor's
-    with as many processes, and the growth of CPU per request. Printed, and kept in the JSON."""
-    by_key = {(p["target"], p["concurrency"], p["workers"]): p for p in points}
+    with as many processes, and the growth of CPU per request; within each round, then the
+    median over rounds. Printed, and kept in the JSON."""
+    by_key = {(p["round"], p["target"], p["concurrency"], p["workers"]): p for p in points}
 
     def cores(point: dict) -> float:
         return float(point["requests_per_s"] * point["server_cpu_ms_per_request"] / 1000)
 
-    rows = []
+    per_round: dict[tuple[str, int, int], list[dict[str, float]]] = {}
     first = worker_counts[0]
-    for (target, concurrency, workers), point in by_key.items():
+    for (round_, target, concurrency, workers), point in by_key.items():
         size = target.removeprefix("classify ")
-        base = by_key.get((target, concurrency, first))
-        floor, floor_base = (by_key.get((f"decode-only {size}", concurrency, n)) for n in (workers, first))
+        base = by_key.get((round_, target, concurrency, first))
+        floor, floor_base = (by_key.get((round_, f"decode-only {size}", concurrency, n)) for n in (workers, first))
         if not target.startswith("classify") or workers == first or None in (base, floor, floor_base):
             continue
         assert base is not None and floor is not None and floor_base is not None
-        row = {
-            "image": size,
-            "concurrency": concurrency,
-            "processes": [first, workers],
-            "scaling": point["requests_per_s"] / base["requests_per_s"],
-            "floor_scaling": floor["requests_per_s"] / floor_base["requests_per_s"],
-            "cores": cores(point),
-            "floor_cores": cores(floor),
-            "cpu_per_request_growth": point["server_cpu_ms_per_request"] / base["server_cpu_ms_per_request"],
-        }
-        row["scaling_over_floor"] = row["scaling"] / row["floor_scaling"]
-        row["cores_over_floor"] = row["cores"] / row["floor_cores"]
+        scaling = point["requests_per_s"] / base["requests_per_s"]
+        floor_scaling = floor["requests_per_s"] / floor_base["requests_per_s"]
+        per_round.setdefault((size, concurrency, workers), []).append(
+            {
+                "scaling": scaling,
+                "floor_scaling": floor_scaling,
+                "scaling_over_floor": scaling / floor_scaling,
+                "cores": cores(point),
+                "floor_cores": cores(floor),
+                "cores_over_floor": cores(point) / cores(floor),
+                "cpu_per_request_growth": point["server_cpu_ms_per_request"] / base["server_cpu_ms_per_request"],
+            }
+        )
+    rows = []
+    for (size, concurrency, workers), rounds in per_round.items():
+        row: dict[str, Any] = {"image": size, "concurrency": concurrency, "processes": [first, workers]}
+        row |= {name: statistics.median(r[name] for r in rounds) for name in rounds[0]}
+        row["rounds"] = rounds
         rows.append(row)
+        growth = ", ".join(f"{r['cpu_per_request_growth']:.2f}" for r in rounds)
         print(
-            f"{size} c={concurrency}, {first} -> {workers} processes: requests/s × {row['scaling']:.2f}"
-            f" (the decode-only floor: × {row['floor_scaling']:.2f}; ratio {row['scaling_over_floor']:.2f});"
-            f" {row['cores']:.2f} cores (the floor's {workers}: {row['floor_cores']:.2f}; ratio"
-            f" {row['cores_over_floor']:.2f}); CPU per request × {row['cpu_per_request_growth']:.2f}"
+            f"{size} c={concurrency}, {first} -> {workers} processes (median of {len(rounds)}):"
+            f" requests/s × {row['scaling']:.2f} (the decode-only floor: × {row['floor_scaling']:.2f};"
+            f" ratio {row['scaling_over_floor']:.2f}); {row['cores']:.2f} cores (the floor's {workers}:"
+            f" {row['floor_cores']:.2f}; ratio {row['cores_over_floor']:.2f}); CPU per request ×"
+            f" {row['cpu_per_request_growth']:.2f} (each round: {growth})"
         )
     return rows
 
@@ -380,7 +392,8 @@ def _plot(points: list[dict], path: Path, result: dict) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    labels = [f"{p['target']}\nc={p['concurrency']}" for p in points]
+    points = [p for p in points if p["round"] == 0]
+    labels = [f"{p['target']}\nc={p['concurrency']}, {p['workers']} proc." for p in points]
     ax.bar(range(len(points)), [p["requests_per_s"] for p in points])
     ax.set_xticks(range(len(points)), labels, fontsize=7)
     ax.set_ylabel("requests/s")
