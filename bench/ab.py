@@ -26,6 +26,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--sizes", default="224,500x375")
     parser.add_argument("--duration", type=float, default=6.0)
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument("--workers", type=int, default=1, help="VIT_WORKERS of both servers")
     args = parser.parse_args(argv)
     trees = {"this": None, "other": args.checkout.resolve()}
     sizes = args.sizes.split(",")
@@ -33,7 +34,7 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for round_ in range(args.rounds):
             for tree, path in trees.items():
-                with _server(None, path) as (url, pid):
+                with _server(None, path, workers=args.workers) as (url, pid):
                     for size in sizes:
                         body, target = jpeg(size), url + "/v1/classify?top_k=1"
                         _load(target, body, args.concurrency, 1, None, Path(tmp))  # warm-up, not measured

@@ -128,16 +128,12 @@ class Layout:
             arena.array(offset, _FLOAT, (self.tokens, self.dim))[...] = result.hidden.numpy()
 
     def read(self, arena: Arena, offset: int, layer: int | None) -> ItemResult:
-        """A copy of the results at `offset`: the region is given back right after."""
-        probs = None
-        if self.classes:
-            probs = torch.from_numpy(arena.array(offset, _FLOAT, (self.classes,)).copy())
-        offset += _FLOAT.itemsize * self.classes
-        embedding = torch.from_numpy(arena.array(offset, _FLOAT, (self.dim,)).copy())
-        hidden = None
-        if layer is not None:
-            offset += _FLOAT.itemsize * self.dim
-            hidden = torch.from_numpy(arena.array(offset, _FLOAT, (self.tokens, self.dim)).copy())
+        """A copy of the results at `offset` (one copy, then views of it): the region is given
+        back right after."""
+        block = torch.from_numpy(arena.array(offset, _FLOAT, (self.result_bytes(layer) // 4,)).copy())
+        probs = block[: self.classes] if self.classes else None
+        embedding = block[self.classes : self.classes + self.dim]
+        hidden = block[self.classes + self.dim :].view(self.tokens, self.dim) if layer is not None else None
         return ItemResult(probs, embedding, hidden)
 
 
