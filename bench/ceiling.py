@@ -20,6 +20,7 @@ lists for taskset. Writes ceiling.json and ceiling.png to --out.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime
 import json
 import os
@@ -189,14 +190,17 @@ def _point(
     in-process decode cost beside it; for vit-serve, its mean batch from /metrics too."""
     decode_ms = [_decode_ms(body)] if body is not None else []  # beside the load: the host drifts
     batches_before = _batch_totals(url) if vit_serve else (0.0, 0.0)  # outside the CPU window
+    engine_before = _engine_seconds(pid)
     load, main_ms, decode_processes_ms = _measured_load(
         pid, url + path, body, concurrency, args.duration, args.pin_client, tmp
     )
+    engine_ms = (_engine_seconds(pid) - engine_before) * 1000 / max(1, load["requests"])
     batches_after = _batch_totals(url) if vit_serve else (0.0, 0.0)
     batches, images = (batches_after[i] - batches_before[i] for i in (0, 1))
     point: dict[str, Any] = {"target": name, "concurrency": concurrency, **load}
     point["server_cpu_ms_per_request"] = main_ms + decode_processes_ms
     point["decode_processes_cpu_ms_per_request"] = decode_processes_ms
+    point["engine_process_cpu_ms_per_request"] = engine_ms  # with VIT_WORKERS > 1; else 0
     point["mean_batch_size"] = images / batches if batches else 0.0
     if body is not None:
         point["decode_ms"] = statistics.mean([*decode_ms, _decode_ms(body)])
@@ -281,6 +285,16 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
         else:
             main += seconds
     return main, decoders
+
+
+def _engine_seconds(pid: int) -> float:
+    """CPU seconds of the server's engine process (VIT_WORKERS > 1), 0 without one."""
+    seconds = 0.0
+    for process, fields in process_tree(pid):
+        with contextlib.suppress(OSError):
+            if Path(f"/proc/{process}/comm").read_text().strip() == "vit-engine":
+                seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return seconds
 
 
 def _batch_totals(url: str) -> tuple[float, float]:

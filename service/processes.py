@@ -83,7 +83,12 @@ def serve(settings: Settings) -> int:
             settings.max_connections,
         )
     if settings.workers > 1:
-        return Group(settings).run()
+        try:
+            group = Group(settings)
+        except OSError as exc:  # the port is taken, or the host is not this machine's
+            print(f"vit-serve: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+            return 1
+        return group.run()
     engine = load_engine(settings)  # before serving, so that a bad checkpoint stops start-up
     if engine is None:
         return 2

@@ -78,8 +78,11 @@ class Arena:
         return self._bytes[offset : offset + dtype.itemsize * math.prod(shape)].view(dtype).reshape(shape)
 
     def close(self) -> None:
-        """Unmap and close; views still alive keep the mapping until they go."""
+        """Unmap and close (again: nothing); views still alive keep the mapping until they go."""
+        if self.fd < 0:
+            return
         del self._bytes
         with contextlib.suppress(BufferError):  # a view is alive: the mapping goes with it
             self.buffer.close()
         os.close(self.fd)
+        self.fd = -1
