@@ -136,11 +136,11 @@ class Group:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, self._on_signal)
         try:
-            self.engine = self._spawn(_engine_main, "vit-engine", self.settings, self.engine_socket)
+            engine = self.engine = self._spawn(_engine_main, "vit-engine", self.settings, self.engine_socket)
             for index in range(1, self.settings.workers + 1):
                 self._start_front_end(index)
             log.info("%d front-ends on port %d, one engine process", self.settings.workers, self.port)
-            return self._watch()
+            return self._watch(engine)
         finally:
             self._kill_all()
             self.holder.close()
@@ -159,20 +159,19 @@ class Group:
         self.front_ends[index] = self._spawn(_front_end_main, f"vit-front-end-{index}", *args)
         self.started[index] = time.monotonic()
 
-    def _watch(self) -> int:
+    def _watch(self, engine: BaseProcess) -> int:
         """Until a signal (drain: 0) or the engine's death (1, or 2 if it never listened)."""
-        assert self.engine is not None
         while True:
-            waiting = [self.signals, self.engine.sentinel, *(p.sentinel for p in self.front_ends.values())]
+            waiting = [self.signals, engine.sentinel, *(p.sentinel for p in self.front_ends.values())]
             ready = multiprocessing.connection.wait(waiting)
             if self.signals in ready:
                 os.read(self.signals, 64)
                 self.stopping_since = time.monotonic()
                 log.info("stopping: the front-ends drain, then the engine stops")
                 return self._stop(0)
-            if not self.engine.is_alive():
+            if not engine.is_alive():
                 loaded = os.path.exists(self.engine_socket)
-                log.critical("the engine process exited (status %s): stopping the service", self.engine.exitcode)
+                log.critical("the engine process exited (status %s): stopping the service", engine.exitcode)
                 return self._stop(1 if loaded else 2)
             for index, process in list(self.front_ends.items()):
                 if process.is_alive():

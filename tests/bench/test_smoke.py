@@ -56,9 +56,14 @@ def test_thread_and_decode_probes_run() -> None:
 def test_the_ceiling_benchmark_runs(tmp_path) -> None:
     out = _run("bench.ceiling", "--quick", "--out", str(tmp_path))
     result = json.loads((tmp_path / "ceiling.json").read_text())
-    targets = {(p["target"], p["concurrency"]) for p in result["points"]}
-    names = ("healthz", "models", "classify 224", "classify 500x375", "decode-only 224", "decode-only 500x375")
-    assert targets == {(t, c) for t in names for c in (1, 16)}
+    targets = {(p["target"], p["concurrency"], p["workers"]) for p in result["points"]}
+    names = ("classify 224", "classify 500x375", "decode-only 224", "decode-only 500x375")
+    floors = {(t, c, 1) for t in ("healthz", "models") for c in (1, 16)}
+    assert targets == {(t, c, w) for t in names for c in (1, 16) for w in (1, 2)} | floors
+    scaling = {(row["image"], row["concurrency"], tuple(row["processes"])) for row in result["scaling"]}
+    assert scaling == {(size, c, (1, 2)) for size in ("224", "500x375") for c in (1, 16)}
+    two = [p for p in result["points"] if p["target"].startswith("classify") and p["workers"] == 2]
+    assert all(p["engine_process_cpu_ms_per_request"] > 0 for p in two)  # the group's engine process was found
     assert all(p["errors"] == 0 and p["requests"] > 0 for p in result["points"])
     assert all(p["cpu_over_decode"] > 0 for p in result["points"] if p["target"].startswith(("classify", "decode")))
     assert (tmp_path / "ceiling.png").stat().st_size > 0 and "× decode+resize+normalise" in out
