@@ -34,6 +34,7 @@ import logging
 import multiprocessing
 import multiprocessing.connection
 import os
+import resource
 import shutil
 import signal
 import socket
@@ -44,27 +45,21 @@ from dataclasses import dataclass, field
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-import uvloop
-
-from model.checkpoints import CheckpointError
-from model.labels import LabelsError
-from service.app import create_app
-from service.engine import Engine
-from service.engine.device import resolve_device
-from service.engine.remote import EngineServer
-from service.http.server import SERVER_GRACE_S, DrainingServer, raise_fd_limit, server_config
-from service.lifecycle import make_batcher
 from service.logs import configure_logging
-from service.metrics import Metrics
 from service.settings import Settings
+
+if TYPE_CHECKING:
+    from service.engine import Engine
+
+# The supervisor imports only the standard library and the settings (not torch and the app, some
+# 200 MB resident): what serves is imported where it runs, in `serve` and in the children.
 
 log = logging.getLogger("service")
 
 CRASH_LOOP_S = 10.0  # a front-end that dies sooner after starting is not restarted
-_STOP_WAIT_S = 10.0  # for the engine to exit once asked, and for a killed process to go
+_STOP_WAIT_S = 10.0  # past a drain (for uvicorn's grace second and the exit), for the engine to stop
 _BACKLOG = 2048
 # Signals this close to the first are the same request (`timeout` signals its child and then
 # the child's process group, for one): only a later one means "stop now".
@@ -89,6 +84,9 @@ def serve(settings: Settings) -> int:
             print(f"vit-serve: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
             return 1
         return group.run()
+    from service.app import create_app
+    from service.http.server import DrainingServer, server_config
+
     engine = load_engine(settings)  # before serving, so that a bad checkpoint stops start-up
     if engine is None:
         return 2
@@ -100,6 +98,10 @@ def serve(settings: Settings) -> int:
 
 def load_engine(settings: Settings) -> Engine | None:
     """The model these settings name, or None after one clear line on stderr."""
+    from model.checkpoints import CheckpointError
+    from model.labels import LabelsError
+    from service.engine import Engine
+
     try:
         return Engine.from_settings(settings)
     except (CheckpointError, LabelsError, ValueError) as exc:
@@ -189,7 +191,7 @@ class Group:
         front_ends = [p for p in self.front_ends.values() if p.is_alive()]
         for process in front_ends:
             _signal(process, signal.SIGTERM)
-        drain_s = self.settings.shutdown_timeout_s + SERVER_GRACE_S + _STOP_WAIT_S
+        drain_s = self.settings.shutdown_timeout_s + _STOP_WAIT_S
         if not self._wait_for(front_ends, drain_s):
             return status
         if self.engine is not None and self.engine.is_alive():
@@ -232,6 +234,15 @@ def _forget(process: BaseProcess) -> None:
         multiprocess.mark_process_dead(process.pid)
 
 
+def raise_fd_limit() -> int:
+    """Raise the soft limit on open files to the hard one (children inherit it), so that a flood
+    of connections meets VIT_MAX_CONNECTIONS rather than 1,024 descriptors; returns the limit."""
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
 def reuseport_socket(host: str, port: int) -> socket.socket:
     passive = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
     family, kind, proto, _, address = passive[0]
@@ -258,6 +269,11 @@ def _as_child(process: str, settings: Settings) -> dict[str, Any]:
 
 
 def _front_end_main(settings: Settings, engine_socket: str, port: int, index: int) -> None:
+    import torch
+
+    from service.app import create_app
+    from service.http.server import DrainingServer, server_config
+
     log_config = _as_child(f"front-end {index}", settings)
     raise_fd_limit()
     torch.set_num_threads(1)  # a front-end computes nothing: no OpenMP team to spin on the cores
@@ -269,6 +285,11 @@ def _front_end_main(settings: Settings, engine_socket: str, port: int, index: in
 
 
 def _engine_main(settings: Settings, engine_socket: str) -> None:
+    import torch
+    import uvloop
+
+    from service.engine.device import resolve_device
+
     _as_child("engine", settings)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops the engine, last
     torch.set_num_threads(settings.resolve(resolve_device(settings.device).type).engine_threads)
@@ -281,6 +302,12 @@ def _engine_main(settings: Settings, engine_socket: str) -> None:
 
 async def _run_engine(engine: Engine, settings: Settings, path: str) -> int:
     """Warm up, then serve the front-ends until SIGTERM (0) or the batch loop dies (1)."""
+    import torch
+
+    from service.engine.remote import EngineServer
+    from service.lifecycle import make_batcher
+    from service.metrics import Metrics
+
     resolved = settings.resolve(engine.device.type)
     await asyncio.to_thread(engine.warmup, resolved.max_batch_size)
     metrics = Metrics()

@@ -7,8 +7,8 @@ bytes and its header count: 431), a deadline for each request head (`VIT_HEADER_
 from connecting or from the previous response: idle and slowloris connections are closed), a
 cap on open connections past which only health probes are served (`VIT_MAX_CONNECTIONS`:
 others get 503 and the connection closes), and JSON bodies for every error it emits itself.
-`raise_fd_limit` lifts the soft file-descriptor limit, so that a flood of connections meets the
-cap rather than the process's 1,024 descriptors, and the kubelet's probes still get through.
+service/processes.py lifts the soft file-descriptor limit, so that a flood of connections meets
+the cap rather than the process's 1,024 descriptors, and the kubelet's probes still get through.
 `DrainingServer` is uvicorn's server, drained on SIGTERM.
 """
 
@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import resource
 from http import HTTPStatus
 from types import FrameType
 from typing import Any
@@ -45,14 +44,6 @@ SERVER_GRACE_S = 1
 def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
     """uvicorn's configuration for `app` with the service's protocol; `options` pass through."""
     return uvicorn.Config(app, http=protocol(settings), timeout_graceful_shutdown=SERVER_GRACE_S, **options)
-
-
-def raise_fd_limit() -> int:
-    """Raise the soft limit on open files to the hard one; returns the limit now in force."""
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-    if soft < hard:
-        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
-    return hard
 
 
 def protocol(settings: Settings) -> type[HttpToolsProtocol]:
