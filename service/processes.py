@@ -202,8 +202,10 @@ class Group:
     def _wait_for(self, processes: list[BaseProcess], seconds: float) -> bool:
         """Wait for `processes` to exit; False if a second signal came first."""
         deadline = time.monotonic() + seconds
-        while any(p.is_alive() for p in processes) and time.monotonic() < deadline:
-            alive = [p.sentinel for p in processes if p.is_alive()]
+        while time.monotonic() < deadline:
+            alive = [p.sentinel for p in processes if p.is_alive()]  # read once: one may exit meanwhile
+            if not alive:
+                break
             if self.signals in multiprocessing.connection.wait([self.signals, *alive], deadline - time.monotonic()):
                 os.read(self.signals, 64)
                 if time.monotonic() - self.stopping_since > _SAME_SIGNAL_S:
