@@ -145,6 +145,8 @@ def _scaling(points: list[dict], worker_counts: list[int]) -> list[dict[str, Any
         if not target.startswith("classify") or workers == first or None in (base, floor, floor_base):
             continue
         assert base is not None and floor is not None and floor_base is not None
+        if not all(p["requests_per_s"] > 0 for p in (base, floor, floor_base)):
+            continue  # a run that completed nothing (a --quick second) has no ratio
         scaling = point["requests_per_s"] / base["requests_per_s"]
         floor_scaling = floor["requests_per_s"] / floor_base["requests_per_s"]
         per_round.setdefault((size, concurrency, workers), []).append(

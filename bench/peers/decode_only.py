@@ -20,6 +20,7 @@ from typing import Any
 
 import uvicorn
 
+from bench.workload import jpeg
 from model.preprocess import PreprocessConfig, load_image, normalize
 from service.processes import reuseport_socket
 
@@ -52,6 +53,9 @@ def main() -> None:
     parser.add_argument("--processes", type=int, default=1)
     args = parser.parse_args()
     if args.processes == 1:
+        # One decode before listening: the first one pays for lazy initialisation (hundreds of ms),
+        # which would otherwise fall on whichever request the kernel hands this process first.
+        normalize(load_image(jpeg("224"), 224, CFG, draft=True)[None], CFG.mean, CFG.std)
         sock = reuseport_socket(args.host, args.port)
         sock.listen(2048)
         uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False)).run(sockets=[sock])

