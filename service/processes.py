@@ -121,15 +121,16 @@ class Group:
     started: dict[int, float] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Bound, never listening: holds the port (port 0 picks one) for the front-ends' sockets.
+        # First, so that a port that is taken leaves nothing behind.
+        self.holder = reuseport_socket(self.settings.host, self.settings.port)
+        self.port = self.holder.getsockname()[1]
         self.context = multiprocessing.get_context("spawn")
         self.run_dir = Path(tempfile.mkdtemp(prefix="vit-serve-"))
         self.engine_socket = str(self.run_dir / "engine.sock")
         metrics_dir = self.run_dir / "metrics"
         metrics_dir.mkdir()
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(metrics_dir)  # inherited by every child
-        # Bound, never listening: holds the port (port 0 picks one) for the front-ends' sockets
-        self.holder = reuseport_socket(self.settings.host, self.settings.port)
-        self.port = self.holder.getsockname()[1]
         self.signals, self._signalled = os.pipe()
         self.engine: BaseProcess | None = None
         self.stopping_since = 0.0
@@ -276,8 +277,7 @@ def _front_end_main(settings: Settings, engine_socket: str, port: int, index: in
     from service.app import create_app
     from service.http.server import DrainingServer, server_config
 
-    log_config = _as_child(f"front-end {index}", settings)
-    raise_fd_limit()
+    log_config = _as_child(f"front-end {index}", settings)  # its file limit: the supervisor's, raised
     torch.set_num_threads(1)  # a front-end computes nothing: no OpenMP team to spin on the cores
     app = create_app(settings, engine_socket=engine_socket)
     sock = reuseport_socket(settings.host, port)
