@@ -66,7 +66,12 @@ class Settings(BaseSettings):
     max_header_bytes: int = Field(32 * 1024, ge=1024, le=1 << 24, description="request line and headers, in bytes")
     max_headers: int = Field(100, ge=8, le=10_000, description="header fields in one request")
     header_timeout_s: float = Field(
-        10.0, gt=0, le=600, description="from connecting (or the previous response) to a complete request head"
+        10.0, gt=0, le=600, description="from connecting, or from a request's first byte, to its complete head"
+    )
+    # Longer than the idle timeout of the pools in front (nginx and AWS ALB: 60 s): a server that
+    # closes first races a request sent on the closing connection, which is reset (a 502 at a proxy).
+    keep_alive_s: float = Field(
+        75.0, gt=0, le=3600, description="how long a connection may idle after a response before it is closed"
     )
     max_connections: int = Field(
         2048, ge=1, description="open connections; past it, only health probes are answered (others 503)"

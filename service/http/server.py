@@ -4,7 +4,8 @@ uvicorn accepts request heads of any size, times out neither a connection that n
 request nor one that sends its head a byte at a time, and answers malformed requests in plain
 text. `protocol(settings)` adds what nginx does by default: a bound on the request head (its
 bytes and its header count: 431), a deadline for each request head (`VIT_HEADER_TIMEOUT_S`,
-from connecting or from the previous response: idle and slowloris connections are closed), a
+from connecting or from the head's first byte: slowloris connections are closed), an idle
+deadline between requests (`VIT_KEEP_ALIVE_S`, longer than the pools in front keep theirs), a
 cap on open connections past which only health probes are served (`VIT_MAX_CONNECTIONS`:
 others get 503 and the connection closes), and JSON bodies for every error it emits itself.
 service/processes.py lifts the soft file-descriptor limit, so that a flood of connections meets
@@ -42,8 +43,16 @@ SERVER_GRACE_S = 1
 
 
 def server_config(app: Any, settings: Settings, **options: Any) -> uvicorn.Config:
-    """uvicorn's configuration for `app` with the service's protocol; `options` pass through."""
-    return uvicorn.Config(app, http=protocol(settings), timeout_graceful_shutdown=SERVER_GRACE_S, **options)
+    """uvicorn's configuration for `app` with the service's protocol; `options` pass through.
+    uvicorn's own keep-alive timer (5 s by default) gets the protocol's idle deadline, so that it
+    never closes a connection first."""
+    return uvicorn.Config(
+        app,
+        http=protocol(settings),
+        timeout_keep_alive=settings.keep_alive_s,  # type: ignore[arg-type]  # a float works: call_later
+        timeout_graceful_shutdown=SERVER_GRACE_S,
+        **options,
+    )
 
 
 def protocol(settings: Settings) -> type[HttpToolsProtocol]:
@@ -81,6 +90,8 @@ class BoundedHttpProtocol(HttpToolsProtocol):
     def data_received(self, data: bytes) -> None:
         """Feed the parser; while a head is incomplete, no more than the head limit at a time,
         so that an oversized head is refused without being held."""
+        if self.idle and data:  # the next request has begun: its head gets the head deadline
+            self._arm_head_timer()
         limit = self.settings.max_header_bytes
         while self.head_pending and data and not self.transport.is_closing():
             room = limit - self.head_bytes + 1
@@ -114,12 +125,12 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         super().on_message_complete()
         self.head_pending, self.head_bytes, self.header_count = True, 0, 0  # what follows is the next head
         if self.cycle is not None and self.cycle.response_complete:  # answered before its body was read
-            self._arm_head_timer()
+            self._arm_head_timer(idle=True)
 
     def on_response_complete(self) -> None:
         super().on_response_complete()
-        if self.head_pending and not self.transport.is_closing():  # the next head's clock starts now
-            self._arm_head_timer()
+        if self.head_pending and not self.transport.is_closing():  # idle until the next request begins
+            self._arm_head_timer(idle=True)
 
     def send_400_response(self, msg: str) -> None:
         """Where uvicorn answers a request it cannot parse (or one refused above): JSON, then close."""
@@ -135,9 +146,14 @@ class BoundedHttpProtocol(HttpToolsProtocol):
         self.transport.write(b"\r\n".join(head) + b"\r\n\r\n" + response.body)
         self.transport.close()
 
-    def _arm_head_timer(self) -> None:
+    def _arm_head_timer(self, idle: bool = False) -> None:
+        """Idle (between requests): VIT_KEEP_ALIVE_S; else the head deadline. Past the cap, 1 s."""
         self._cancel_head_timer()
-        seconds = _PAST_CAPACITY_HEAD_TIMEOUT_S if self.past_capacity else self.settings.header_timeout_s
+        self.idle = idle
+        if self.past_capacity:
+            seconds = _PAST_CAPACITY_HEAD_TIMEOUT_S
+        else:
+            seconds = self.settings.keep_alive_s if idle else self.settings.header_timeout_s
         self.head_timer = self.loop.call_later(seconds, self._head_timeout)
 
     def _cancel_head_timer(self) -> None:
