@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import json
-import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,13 +21,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from model.config import ViTConfig, preset
-from model.preprocess import (
-    GOOGLE_DEFAULTS,
-    HF_DEFAULTS,
-    TIMM_DEFAULTS,
-    PreprocessConfig,
-    from_hf_processor,
-)
+from model.preprocess import GOOGLE_DEFAULTS, TIMM_DEFAULTS, PreprocessConfig
 from model.vit import VisionTransformer, resample_pos_embed
 
 StateDict = dict[str, torch.Tensor]
@@ -87,7 +80,7 @@ def _read_torch(path: Path) -> StateDict:
     return {k.removeprefix("module."): v for k, v in obj.items()}
 
 
-def _read_weights(path: Path) -> StateDict:
+def read_weights(path: Path) -> StateDict:
     return _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
 
 
@@ -99,7 +92,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: not a readable .npz of arrays ({exc})") from exc
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError) as exc:
@@ -120,48 +113,7 @@ def sha256_of(path: Path) -> str:
 # ------------------------------------------------------------------------ format mappings
 
 
-def hf_to_native(state: StateDict, cfg: ViTConfig) -> StateDict:
-    """Hugging Face `ViTModel` / `ViTForImageClassification` -> this layout.
-
-    Both HF layouts are read: the one on the Hub (`encoder.layer.{i}.attention.attention.query`)
-    and the one transformers ≥ 5 writes (`layers.{i}.attention.q_proj`). q, k and v are
-    concatenated into timm's fused qkv. The pooler (a tanh layer HF puts after y) is not part
-    of the ViT's y and is dropped.
-    """
-    renames: list[tuple[str, str]] = [
-        (r"embeddings\.cls_token", "cls_token"),
-        (r"embeddings\.position_embeddings", "pos_embed"),
-        (r"embeddings\.patch_embeddings\.projection\.", "patch_embed.proj."),
-        (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_before\.", r"blocks.\1.norm1."),
-        (r"(?:encoder\.layer|layers)\.(\d+)\.layernorm_after\.", r"blocks.\1.norm2."),
-        (r"encoder\.layer\.(\d+)\.attention\.attention\.query\.", r"blocks.\1.attn.q."),
-        (r"encoder\.layer\.(\d+)\.attention\.attention\.key\.", r"blocks.\1.attn.k."),
-        (r"encoder\.layer\.(\d+)\.attention\.attention\.value\.", r"blocks.\1.attn.v."),
-        (r"layers\.(\d+)\.attention\.([qkv])_proj\.", r"blocks.\1.attn.\2."),
-        (
-            r"(?:encoder\.layer\.(\d+)\.attention\.output\.dense|layers\.(\d+)\.attention\.o_proj)\.",
-            r"blocks.\1\2.attn.proj.",
-        ),
-        (r"(?:encoder\.layer\.(\d+)\.intermediate\.dense|layers\.(\d+)\.mlp\.fc1)\.", r"blocks.\1\2.mlp.fc1."),
-        (r"(?:encoder\.layer\.(\d+)\.output\.dense|layers\.(\d+)\.mlp\.fc2)\.", r"blocks.\1\2.mlp.fc2."),
-        (r"layernorm\.", "norm."),
-        (r"classifier\.", "head."),
-    ]
-    out: StateDict = {}
-    for key, value in state.items():
-        name = key.removeprefix("vit.")
-        if name.startswith("pooler."):
-            continue
-        for pattern, replacement in renames:
-            new, n = re.subn(rf"^{pattern}", replacement, name)
-            if n:
-                name = new
-                break
-        out[name] = value
-    return _fuse_qkv(out, cfg.depth)
-
-
-def _fuse_qkv(state: StateDict, depth: int) -> StateDict:
+def fuse_qkv(state: StateDict, depth: int) -> StateDict:
     """Concatenate separate `attn.q`, `attn.k`, `attn.v` tensors into timm's `attn.qkv`."""
     for i in range(depth):
         for kind in ("weight", "bias"):
@@ -252,24 +204,28 @@ def npz_to_native(arrays: Mapping[str, np.ndarray]) -> tuple[StateDict, list[str
     for npz_name, native, transform in _npz_table(depth, big_vision=prefix.startswith("params/")):
         if npz_name in scope:  # absent ones surface as missing native keys in load_strict
             out[native] = torch.from_numpy(np.ascontiguousarray(transform(scope.pop(npz_name)))).float()
-    out = _fuse_qkv(out, depth)
+    out = fuse_qkv(out, depth)
     return out, sorted(prefix + k for k in scope)
 
 
 # ------------------------------------------------------------------------------ strict load
 
 
-def load_strict(model: VisionTransformer, state: StateDict, source: str, unused: Sequence[str] = ()) -> None:
+def load_strict(
+    model: VisionTransformer, state: StateDict, source: str, unused: Sequence[str] = (), antialias: bool = False
+) -> None:
     """Copy `state` into `model` only if every key and shape matches; else one error naming all.
 
-    A position embedding for another patch grid is resampled first (bicubic, class token kept).
+    A position embedding for another patch grid is resampled first (bicubic, prefix tokens kept;
+    `antialias` as the family's transformers code does it).
     """
     expected = model.state_dict()
     pos = state.get("pos_embed")
     target = expected["pos_embed"].shape
     if pos is not None and pos.ndim == 3 and pos.shape != target and pos.shape[-1] == target[-1]:
         with contextlib.suppress(ValueError):  # not a square grid: reported as a shape mismatch below
-            state = {**state, "pos_embed": resample_pos_embed(pos, model.cfg.grid_size)}
+            resampled = resample_pos_embed(pos, model.cfg.grid_size, model.cfg.pos_prefix, antialias)
+            state = {**state, "pos_embed": resampled}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected)) + list(unused)
     mismatched = [
@@ -324,12 +280,14 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> Checkpoi
     if fmt == "native":
         return _load_native(path)
     if fmt == "huggingface":
-        return _load_hf(path)
+        from model.hf import load_hf  # model.hf builds on this module's readers
+
+        return load_hf(path)
     if not model_name:
         raise CheckpointError(f"{path}: a {fmt} file carries no architecture; name a preset (VIT_MODEL)")
     base = preset(model_name)
     if fmt == "timm":
-        state = timm_to_native(_read_weights(path))
+        state = timm_to_native(read_weights(path))
         unused: list[str] = []
         prep = TIMM_DEFAULTS
     else:
@@ -342,57 +300,8 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> Checkpoi
     return Checkpoint(model, fmt, path, sha256_of(path), None, prep)
 
 
-def _load_hf(path: Path) -> Checkpoint:
-    meta = _read_json(path / "config.json")
-    if meta.get("model_type", "vit") != "vit":
-        raise CheckpointError(f"{path}: model_type {meta.get('model_type')!r} is not 'vit'")
-    if meta.get("hidden_act", "gelu") != "gelu":
-        raise CheckpointError(f"{path}: hidden_act {meta['hidden_act']!r}; only exact 'gelu' is a ViT")
-    weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
-    if weights is None:
-        raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
-    state = _read_weights(weights)
-    head = state.get("classifier.weight")
-    try:
-        cfg = ViTConfig(
-            image_size=meta.get("image_size", 224),
-            patch_size=meta.get("patch_size", 16),
-            in_chans=meta.get("num_channels", 3),
-            embed_dim=meta.get("hidden_size", 768),
-            depth=meta.get("num_hidden_layers", 12),
-            num_heads=meta.get("num_attention_heads", 12),
-            mlp_dim=meta.get("intermediate_size", 3072),
-            num_classes=head.shape[0] if head is not None else 0,
-            ln_eps=meta.get("layer_norm_eps", 1e-12),
-            qkv_bias=meta.get("qkv_bias", True),
-        )
-    except (TypeError, ValueError) as exc:
-        raise CheckpointError(f"{path}/config.json: {exc}") from exc
-    model = VisionTransformer(cfg)
-    load_strict(model, hf_to_native(state, cfg), f"{weights} (Hugging Face)")
-    prep = HF_DEFAULTS
-    if (path / "preprocessor_config.json").is_file():
-        try:
-            prep = from_hf_processor(_read_json(path / "preprocessor_config.json"), cfg.image_size)
-        except ValueError as exc:
-            raise CheckpointError(f"{path}/preprocessor_config.json: {exc}") from exc
-    return Checkpoint(model, "huggingface", path, sha256_of(weights), _hf_labels(meta, cfg.num_classes), prep)
-
-
-def _hf_labels(meta: dict[str, Any], num_classes: int) -> list[str] | None:
-    """id2label in index order, unless it is HF's placeholder LABEL_0…LABEL_{n-1}."""
-    id2label = meta.get("id2label") or {}
-    try:
-        labels = [str(id2label[str(i)]) if str(i) in id2label else str(id2label[i]) for i in range(num_classes)]
-    except KeyError:
-        return None
-    if not labels or labels == [f"LABEL_{i}" for i in range(num_classes)]:
-        return None
-    return labels
-
-
 def _load_native(path: Path) -> Checkpoint:
-    meta = _read_json(path / NATIVE_META)
+    meta = read_json(path / NATIVE_META)
     if meta.get("format") != "vit-serve" or meta.get("version") != NATIVE_FORMAT_VERSION:
         raise CheckpointError(f"{path}/{NATIVE_META}: not a vit-serve v{NATIVE_FORMAT_VERSION} checkpoint")
     try:

@@ -3,12 +3,24 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any
+from typing import Any, Literal
+
+Family = Literal["vit", "clip", "siglip", "dinov2", "deit"]
+Ffn = Literal["gelu", "quick_gelu", "gelu_tanh", "swiglu"]
+Pool = Literal["token", "map", "none"]
+FINAL = "final"  # the layer that names the final-normed tokens (transformers' last_hidden_state)
+Layer = int | str  # 0 … L, -(L+1) … -1, or FINAL
 
 
 @dataclass(frozen=True)
 class ViTConfig:
-    """Everything that fixes the shapes of a ViT; weights are not part of it."""
+    """Everything that fixes the shapes of a ViT; weights are not part of it.
+
+    The fields after `qkv_bias` are the small, well-defined ways the encoders that vision-language
+    and retrieval systems run differ from the paper's ViT (as timm's VisionTransformer has them);
+    their defaults are the paper's. Token order is transformers': class, distillation or
+    registers, then the patches.
+    """
 
     image_size: int = 224  # H = W of the input, in pixels
     patch_size: int = 16  # P: each patch is P×P pixels
@@ -20,6 +32,17 @@ class ViTConfig:
     num_classes: int = 1000  # 0: no head, embeddings only
     ln_eps: float = 1e-6
     qkv_bias: bool = True
+    family: Family = "vit"  # what /v1/models reports; the flags below carry the differences
+    class_token: bool = True  # SigLIP has none
+    distill_token: bool = False  # DeiT-distilled: a second prefix token with a head of its own
+    reg_tokens: int = 0  # DINOv2 with registers: prefix tokens without a position embedding
+    patch_bias: bool = True  # CLIP's patch embedding has no bias
+    pre_norm: bool = False  # CLIP: a LayerNorm on the encoder's input (hidden state 0 is after it)
+    layer_scale: bool = False  # DINOv2: each branch scaled per channel before its residual
+    ffn: Ffn = "gelu"  # the MLP's activation; swiglu: DINOv2-giant's gated SiLU MLP
+    pool: Pool = "token"  # the embedding: the normed class token, SigLIP's attention pool, or none
+    norm_tokens: bool = True  # the final norm applies to every token; CLIP: only to the class token
+    proj_dim: int = 0  # CLIP's projection of the pooled token (no bias); 0: none
 
     def __post_init__(self) -> None:
         if self.image_size % self.patch_size:
@@ -31,6 +54,14 @@ class ViTConfig:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
         if self.num_classes < 0:
             raise ValueError(f"num_classes must be >= 0, got {self.num_classes}")
+        if self.reg_tokens < 0 or self.proj_dim < 0:
+            raise ValueError("reg_tokens and proj_dim must be >= 0")
+        if not self.class_token and (self.pool == "token" or self.distill_token or self.reg_tokens):
+            raise ValueError("pooling the class token, a distillation token and registers need a class token")
+        if self.distill_token and self.reg_tokens:
+            raise ValueError("a distillation token and register tokens do not go together")
+        if self.num_classes and self.pool != "token":
+            raise ValueError("a classification head reads the class token (pool 'token')")
 
     @property
     def grid_size(self) -> int:
@@ -46,10 +77,33 @@ class ViTConfig:
     def head_dim(self) -> int:
         return self.embed_dim // self.num_heads
 
-    def layer_index(self, layer: int) -> int:
-        """Normalise a hidden-state index: 0 is z_0, L is z_L, negatives count from z_L (-1)."""
-        if not -(self.depth + 1) <= layer <= self.depth:
-            raise ValueError(f"layer {layer} is outside -{self.depth + 1}..{self.depth}")
+    @property
+    def prefix_tokens(self) -> int:
+        """Tokens before the patches: class, distillation, registers."""
+        return self.class_token + self.distill_token + self.reg_tokens
+
+    @property
+    def num_tokens(self) -> int:
+        """The tokens the encoder reads for one image."""
+        return self.prefix_tokens + self.num_patches
+
+    @property
+    def pos_prefix(self) -> int:
+        """Prefix tokens that have a position embedding (registers have none)."""
+        return self.class_token + self.distill_token
+
+    @property
+    def embedding_dim(self) -> int:
+        """The size of /v1/embeddings' vectors; 0 where the model has no pooled embedding."""
+        return 0 if self.pool == "none" else self.proj_dim or self.embed_dim
+
+    def layer_index(self, layer: Layer) -> int:
+        """Normalise a hidden-state index: 0 is the encoder's input z_0, i block i's output,
+        negatives count from z_L (-1); FINAL (the final-normed z_L) is L + 1."""
+        if layer == FINAL:
+            return self.depth + 1
+        if not isinstance(layer, int) or not -(self.depth + 1) <= layer <= self.depth:
+            raise ValueError(f"layer {layer} is outside -{self.depth + 1}..{self.depth} (or {FINAL!r})")
         return layer % (self.depth + 1)
 
     def to_dict(self) -> dict[str, Any]:

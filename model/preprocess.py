@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
 ResizeMode = Literal["squash", "crop"]
 Interpolation = Literal["bilinear", "bicubic"]
+CropOffset = Literal["round", "floor"]
 
 ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 # A progressive JPEG is decoded once per scan over the whole image: libjpeg's own progressions
@@ -67,11 +68,19 @@ class ImageTooLarge(ImageError):
 
 @dataclass(frozen=True)
 class PreprocessConfig:
+    """How an image becomes S×S pixels: `squash` resizes both sides (to S, or to `resize_size`
+    and then the centre S×S: DeiT's processor); `crop` resizes the shorter side (to `resize_size`,
+    or floor(S / crop_pct), timm's rule) and takes the centre S×S. The longer side is floored, as
+    torchvision and transformers do; the crop's offset is rounded (torchvision, timm) or floored
+    (transformers)."""
+
     resize_mode: ResizeMode = "squash"
-    crop_pct: float = 0.9  # used by "crop": the shorter side goes to S / crop_pct
+    crop_pct: float = 0.9  # used by "crop" without resize_size: the shorter side goes to S / crop_pct
     interpolation: Interpolation = "bilinear"
     mean: tuple[float, float, float] = (0.5, 0.5, 0.5)
     std: tuple[float, float, float] = (0.5, 0.5, 0.5)
+    resize_size: int = 0  # the side resized to before the centre crop; 0: see above
+    crop_offset: CropOffset = "round"
 
     def __post_init__(self) -> None:
         if self.resize_mode not in ("squash", "crop"):
@@ -84,6 +93,8 @@ class PreprocessConfig:
             raise ValueError("mean and std need three values each (R, G, B)")
         if any(s <= 0 for s in self.std):
             raise ValueError(f"std values must be positive, got {self.std}")
+        if self.resize_size < 0 or self.crop_offset not in ("round", "floor"):
+            raise ValueError("resize_size must be >= 0 and crop_offset 'round' or 'floor'")
         object.__setattr__(self, "mean", tuple(float(m) for m in self.mean))
         object.__setattr__(self, "std", tuple(float(s) for s in self.std))
 
@@ -99,27 +110,68 @@ class PreprocessConfig:
 # Defaults by checkpoint format (docs/API.md, Settings); HF directories read preprocessor_config.json.
 GOOGLE_DEFAULTS = PreprocessConfig(resize_mode="squash", interpolation="bilinear")
 TIMM_DEFAULTS = PreprocessConfig(resize_mode="crop", crop_pct=0.9, interpolation="bicubic")
-HF_DEFAULTS = PreprocessConfig(resize_mode="squash", interpolation="bilinear")
 
 _HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+# Each transformers image processor's defaults for the keys a preprocessor_config.json may leave
+# out: resample, centre crop, mean and std, and whether an int `size` is the shortest edge (CLIP's
+# legacy CLIPFeatureExtractor form, BiT) or a square (ViT, DeiT, SigLIP).
+_HF_PROCESSORS: dict[str, dict[str, Any]] = {
+    "ViT": {"resample": 2, "do_center_crop": False, "mean": (0.5,) * 3, "std": (0.5,) * 3, "int_is_short": False},
+    "DeiT": {"resample": 3, "do_center_crop": True, "mean": (0.5,) * 3, "std": (0.5,) * 3, "int_is_short": False},
+    "Siglip": {"resample": 3, "do_center_crop": False, "mean": (0.5,) * 3, "std": (0.5,) * 3, "int_is_short": False},
+    "CLIP": {"resample": 3, "do_center_crop": True, "mean": _CLIP_MEAN, "std": _CLIP_STD, "int_is_short": True},
+    "Bit": {"resample": 3, "do_center_crop": True, "mean": _CLIP_MEAN, "std": _CLIP_STD, "int_is_short": True},
+}
 
 
-def from_hf_processor(data: dict[str, Any], image_size: int) -> PreprocessConfig:
-    """Map an HF `preprocessor_config.json` (ViT/DeiT image processors) onto this config."""
-    resample = data.get("resample", 2)
+def from_hf_processor(data: dict[str, Any]) -> tuple[PreprocessConfig, int]:
+    """An HF `preprocessor_config.json` as this config and the size S it serves (the crop's, or
+    the square resize's): the geometry of transformers' processors exactly (see PreprocessConfig)."""
+    kind = str(data.get("image_processor_type") or data.get("feature_extractor_type") or "ViTImageProcessor")
+    name = next((n for n in _HF_PROCESSORS if kind.startswith(n)), None)
+    if name is None:
+        raise ValueError(
+            f"image processor {kind!r} is not one of: {', '.join(n + 'ImageProcessor' for n in _HF_PROCESSORS)}"
+        )
+    defaults = _HF_PROCESSORS[name]
+    resample = data.get("resample", defaults["resample"])
     if resample not in _HF_RESAMPLE:
-        raise ValueError(f"preprocessor_config.json: resample {resample} is not bilinear (2) or bicubic (3)")
+        raise ValueError(f"resample {resample} is not bilinear (2) or bicubic (3)")
+    if not data.get("do_resize", True):
+        raise ValueError("do_resize is false: images of any size would reach the model")
+    if data.get("do_rescale", True) is not True or abs(data.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
+        raise ValueError("only rescaling by 1/255 is supported")
     normalize = data.get("do_normalize", True)
+    short, side = _hf_size(data.get("size", 224), defaults["int_is_short"], "size")
     fields: dict[str, Any] = {
-        "resize_mode": "squash",
         "interpolation": _HF_RESAMPLE[resample],
-        "mean": tuple(data.get("image_mean", HF_DEFAULTS.mean)) if normalize else (0.0, 0.0, 0.0),
-        "std": tuple(data.get("image_std", HF_DEFAULTS.std)) if normalize else (1.0, 1.0, 1.0),
+        "mean": tuple(data.get("image_mean", defaults["mean"])) if normalize else (0.0, 0.0, 0.0),
+        "std": tuple(data.get("image_std", defaults["std"])) if normalize else (1.0, 1.0, 1.0),
+        "crop_offset": "floor",
+        "resize_mode": "crop" if short else "squash",
     }
-    size, crop = data.get("size", {}), data.get("crop_size", {})
-    if data.get("do_center_crop") and "shortest_edge" in size and crop:  # DeiT-style: resize, then centre crop
-        fields |= {"resize_mode": "crop", "crop_pct": crop.get("height", image_size) / size["shortest_edge"]}
-    return PreprocessConfig(**fields)
+    served = short or side
+    if data.get("do_center_crop", defaults["do_center_crop"]):
+        crop_short, served = _hf_size(data.get("crop_size", 224), False, "crop_size")
+        if crop_short or served > (short or side):
+            raise ValueError(f"crop_size {data.get('crop_size')!r}: expected a square no larger than the resize")
+        fields["resize_size"] = short or side
+    elif short:
+        raise ValueError("a shortest-edge resize without a centre crop leaves images of any shape")
+    return PreprocessConfig(**fields), served
+
+
+def _hf_size(value: Any, int_is_short: bool, key: str) -> tuple[int, int]:
+    """(shortest edge, 0) or (0, square side) from an HF size: an int, or a dict of
+    `shortest_edge` or `height` and `width`."""
+    if isinstance(value, int):
+        return (value, 0) if int_is_short else (0, value)
+    if isinstance(value, dict) and isinstance(value.get("shortest_edge"), int):
+        return value["shortest_edge"], 0
+    if isinstance(value, dict) and isinstance(value.get("height"), int) and value.get("height") == value.get("width"):
+        return 0, value["height"]
+    raise ValueError(f"{key} {value!r}: expected an int, a shortest_edge, or a square height and width")
 
 
 def open_image(data: bytes, max_pixels: int) -> Image.Image:
@@ -203,13 +255,16 @@ def _to_8bit(image: Image.Image) -> Image.Image:
 
 
 def shorter_side(size: int, cfg: PreprocessConfig) -> int:
-    """The side `resize` scales an image's shorter side to: S, or S / crop_pct before a crop
-    (timm's floor, so crop_pct=1 means no resampling at S)."""
+    """The side `resize` scales an image's shorter side to (both sides, for squash): resize_size
+    if set, else S (squash) or S / crop_pct (crop; timm's floor, so crop_pct=1 means S)."""
+    if cfg.resize_size:
+        return cfg.resize_size
     return size if cfg.resize_mode == "squash" else int(size / cfg.crop_pct)
 
 
 def resize(image: Image.Image, size: int, cfg: PreprocessConfig) -> Image.Image:
-    """`squash` to S×S, or `crop`: shorter side to S / crop_pct then the centre S×S.
+    """`squash` (to S×S, or larger and then the centre S×S), or `crop`: the shorter side to
+    `shorter_side`, then the centre S×S.
 
     Both follow the reference transforms (PIL's resize, then the crop) exactly, unless their
     intermediate image would be larger than the source and `_MAX_INTERMEDIATE_PIXELS`: a
@@ -219,18 +274,23 @@ def resize(image: Image.Image, size: int, cfg: PreprocessConfig) -> Image.Image:
     """
     resample = _RESAMPLE[cfg.interpolation]
     width, height = image.size
-    if cfg.resize_mode == "squash":
+    scale_to = shorter_side(size, cfg)
+    if cfg.resize_mode == "squash" and scale_to == size:
         if image.size == (size, size):
             return image
         if size * height > max(width * height, _MAX_INTERMEDIATE_PIXELS):  # tall and narrow: vertical first
             image = image.resize((width, size), resample)
         return image.resize((size, size), resample)
-    scale_to = shorter_side(size, cfg)
-    if width <= height:
-        new_w, new_h = scale_to, max(size, round(height * scale_to / width))
+    if cfg.resize_mode == "squash":
+        new_w = new_h = scale_to
+    elif width <= height:  # the longer side floored, as torchvision and transformers compute it
+        new_w, new_h = scale_to, int(scale_to * height / width)
     else:
-        new_w, new_h = max(size, round(width * scale_to / height)), scale_to
-    left, top = round((new_w - size) / 2), round((new_h - size) / 2)
+        new_w, new_h = int(scale_to * width / height), scale_to
+    if cfg.crop_offset == "floor":
+        left, top = (new_w - size) // 2, (new_h - size) // 2
+    else:
+        left, top = round((new_w - size) / 2), round((new_h - size) / 2)
     if new_w * new_h > max(width * height, _MAX_INTERMEDIATE_PIXELS):
         return crop_box_resize(image, size, (new_w, new_h), (left, top), resample)
     if (new_w, new_h) != image.size:
@@ -262,7 +322,7 @@ def decode_image(
         if image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(_ORIENTATION, 1) == 1:
             width, height = _draft_size(image.size, needed)
             pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=width, min_height=height)
-            if pixels.shape[:2] == (size, size) and cfg.resize_mode == "squash":
+            if pixels.shape[:2] == (size, size) and cfg.resize_mode == "squash" and shorter_side(size, cfg) == size:
                 return pixels  # writable, C-contiguous: resizing would change nothing
             image = Image.fromarray(pixels)
         elif needed:

@@ -57,7 +57,7 @@ def test_hf_directory_in_the_hub_layout_with_labels_and_processor(reference, tmp
     meta["id2label"] = {str(i): name for i, name in enumerate("abcde")}
     (tmp_path / "config.json").write_text(json.dumps(meta))
     (tmp_path / "preprocessor_config.json").write_text(
-        json.dumps({"resample": 3, "image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6]})
+        json.dumps({"resample": 3, "image_mean": [0.1, 0.2, 0.3], "image_std": [0.4, 0.5, 0.6], "size": 32})
     )
     ckpt = load_checkpoint(tmp_path)
     assert_matches(ckpt.model, reference)

@@ -1,0 +1,226 @@
+"""Directories saved by transformers' `save_pretrained`: the family from config.json, its keys in
+this project's layout, its preprocessing from preprocessor_config.json.
+
+Families (docs/API.md, Model families): the paper's ViT (`ViTModel`, `ViTForImageClassification`),
+CLIP (`CLIPVisionModel`, `CLIPVisionModelWithProjection`, `CLIPModel`), SigLIP (`SiglipVisionModel`,
+`SiglipModel`, fixed-resolution SigLIP2), DINOv2 (`Dinov2Model`, `Dinov2WithRegistersModel`) and
+DeiT (`DeiTModel`, `DeiTForImageClassificationWithTeacher`). Key names of transformers 4.x (vision
+towers under `vision_model.`) and 5.x are both read. The other tower of a full CLIP or SigLIP
+checkpoint is skipped by name; every other key must be the vision model's (load_strict).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from model.checkpoints import (
+    Checkpoint,
+    CheckpointError,
+    StateDict,
+    fuse_qkv,
+    load_strict,
+    read_json,
+    read_weights,
+    sha256_of,
+)
+from model.config import ViTConfig
+from model.preprocess import from_hf_processor
+from model.vit import VisionTransformer
+
+
+@dataclass(frozen=True)
+class Family:
+    name: str  # ViTConfig.family
+    processor: str  # the image processor whose defaults apply without preprocessor_config.json
+    flags: dict[str, Any]  # the ViTConfig fields that set it apart from the paper's ViT
+    architectures: tuple[str, ...]  # the transformers classes it loads
+    antialias: bool = False  # how transformers resamples its position embeddings (model/vit.py)
+
+
+FAMILIES: dict[str, Family] = {
+    "vit": Family("vit", "ViTImageProcessor", {}, ("ViTModel", "ViTForImageClassification")),
+    "clip": Family(
+        "clip",
+        "CLIPImageProcessor",
+        {"pre_norm": True, "patch_bias": False, "norm_tokens": False},
+        ("CLIPVisionModel", "CLIPVisionModelWithProjection", "CLIPModel"),
+    ),
+    "siglip": Family("siglip", "SiglipImageProcessor", {"class_token": False}, ("SiglipVisionModel", "SiglipModel")),
+    "dinov2": Family("dinov2", "BitImageProcessor", {"layer_scale": True}, ("Dinov2Model",)),
+    "dinov2_with_registers": Family(
+        "dinov2", "BitImageProcessor", {"layer_scale": True}, ("Dinov2WithRegistersModel",), antialias=True
+    ),
+    "deit": Family(
+        "deit", "DeiTImageProcessor", {"distill_token": True}, ("DeiTModel", "DeiTForImageClassificationWithTeacher")
+    ),
+}
+# model_type -> family; a full CLIP or SigLIP keeps its vision tower's config under vision_config.
+_MODEL_TYPES = {
+    "vit": "vit",
+    "clip_vision_model": "clip",
+    "clip": "clip",
+    "siglip_vision_model": "siglip",
+    "siglip": "siglip",
+    "dinov2": "dinov2",
+    "dinov2_with_registers": "dinov2_with_registers",
+    "deit": "deit",
+}
+_OTHER_TOWER = ("text_model.", "text_projection.", "logit_scale", "logit_bias")  # full CLIP and SigLIP
+_UNUSED = ("pooler.", "embeddings.mask_token", "embeddings.position_ids")  # never read at inference
+_ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
+
+_BLOCK = r"(?:encoder\.layers?|layers)\.(\d+)\."
+# (pattern anchored at the key's start, replacement): every family's names, first match wins.
+_RENAMES: list[tuple[str, str]] = [
+    (r"embeddings\.(?:cls_token|class_embedding)$", "cls_token"),
+    (r"embeddings\.distillation_token$", "dist_token"),
+    (r"embeddings\.register_tokens$", "reg_token"),
+    (r"embeddings\.(?:position_embeddings|position_embedding\.weight)$", "pos_embed"),
+    (r"embeddings\.(?:patch_embeddings\.projection|patch_embedding)\.", "patch_embed.proj."),
+    (r"pre_layrnorm\.", "norm_pre."),
+    (r"(?:layernorm|post_layernorm)\.", "norm."),
+    (_BLOCK + r"(?:layernorm_before|layer_norm1|norm1)\.", r"blocks.\1.norm1."),
+    (_BLOCK + r"(?:layernorm_after|layer_norm2|norm2)\.", r"blocks.\1.norm2."),
+    (_BLOCK + r"attention\.attention\.query\.", r"blocks.\1.attn.q."),
+    (_BLOCK + r"attention\.attention\.key\.", r"blocks.\1.attn.k."),
+    (_BLOCK + r"attention\.attention\.value\.", r"blocks.\1.attn.v."),
+    (_BLOCK + r"(?:self_attn|attention)\.([qkv])_proj\.", r"blocks.\1.attn.\2."),
+    (_BLOCK + r"(?:attention\.output\.dense|self_attn\.out_proj|attention\.o_proj)\.", r"blocks.\1.attn.proj."),
+    (_BLOCK + r"(?:intermediate\.dense|mlp\.fc1|mlp\.weights_in)\.", r"blocks.\1.mlp.fc1."),
+    (_BLOCK + r"mlp\.(gate|up)_proj\.", r"blocks.\1.mlp.\2."),
+    (_BLOCK + r"(?:output\.dense|mlp\.fc2|mlp\.weights_out|mlp\.down_proj)\.", r"blocks.\1.mlp.fc2."),
+    (_BLOCK + r"layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
+    (r"(?:classifier|cls_classifier)\.", "head."),
+    (r"distillation_classifier\.", "head_dist."),
+    (r"visual_projection\.", "proj."),
+    (r"head\.probe$", "attn_pool.probe"),
+    (r"head\.attention\.out_proj\.", "attn_pool.proj."),
+    (r"head\.attention\.in_proj_", "attn_pool.in_proj."),  # split into q and kv below
+    (r"head\.layernorm\.", "attn_pool.norm."),
+    (r"head\.mlp\.", "attn_pool.mlp."),
+]
+
+
+def hf_to_native(state: StateDict, cfg: ViTConfig, skip: tuple[str, ...] = ()) -> tuple[StateDict, list[str]]:
+    """A transformers state dict in this layout, and the keys skipped by name (`skip`, and
+    what inference never reads). q, k and v are fused into timm's qkv; HF ViT's pooler (a tanh
+    layer after y) is not the ViT's y and is dropped with the rest of `_UNUSED`."""
+    out: StateDict = {}
+    skipped: list[str] = []
+    for key, value in state.items():
+        name = re.sub(r"^(?:vit|deit|vision_model)\.", "", key)
+        if key.startswith(skip) or name.startswith(_UNUSED):
+            skipped.append(key)
+            continue
+        for pattern, replacement in _RENAMES:
+            new, n = re.subn(rf"^{pattern}", replacement, name)
+            if n:
+                name = new
+                break
+        out[name] = value
+    if "cls_token" in out and out["cls_token"].ndim == 1:  # CLIP's class_embedding is (D,)
+        out["cls_token"] = out["cls_token"].reshape(1, 1, -1)
+    if out.get("pos_embed") is not None and out["pos_embed"].ndim == 2:  # an nn.Embedding's (T, D)
+        out["pos_embed"] = out["pos_embed"].unsqueeze(0)
+    for kind in ("weight", "bias"):  # nn.MultiheadAttention's packed q, k, v
+        packed = out.pop(f"attn_pool.in_proj.{kind}", None)
+        if packed is not None:
+            out[f"attn_pool.q.{kind}"], out[f"attn_pool.kv.{kind}"] = packed.split([cfg.embed_dim, 2 * cfg.embed_dim])
+    for i in range(cfg.depth):  # transformers 5's SwiGLU: gate and up projections, packed as [gate; up]
+        for kind in ("weight", "bias"):
+            gate, up = out.pop(f"blocks.{i}.mlp.gate.{kind}", None), out.pop(f"blocks.{i}.mlp.up.{kind}", None)
+            if gate is not None and up is not None:
+                out[f"blocks.{i}.mlp.fc1.{kind}"] = torch.cat([gate, up])
+    return fuse_qkv(out, cfg.depth), skipped
+
+
+def load_hf(path: Path) -> Checkpoint:
+    meta = read_json(path / "config.json")
+    model_type = meta.get("model_type", "vit")
+    family = FAMILIES.get(_MODEL_TYPES.get(model_type, ""))
+    supported = ", ".join(sorted(_MODEL_TYPES))
+    if family is None:
+        raise CheckpointError(f"{path}: model_type {model_type!r} is not a supported family ({supported})")
+    architectures = meta.get("architectures") or []
+    unknown = [a for a in architectures if a not in family.architectures]
+    if unknown:
+        raise CheckpointError(
+            f"{path}: architecture {unknown[0]} is not served; for {model_type}: {', '.join(family.architectures)}"
+        )
+    vision = meta.get("vision_config", meta) if model_type in ("clip", "siglip") else meta
+    weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
+    state = read_weights(weights)
+    processor = read_json(path / "preprocessor_config.json") if (path / "preprocessor_config.json").is_file() else {}
+    size = vision.get("image_size", 224)
+    try:
+        preprocess, served = from_hf_processor(
+            processor or {"image_processor_type": family.processor, "size": size, "crop_size": size}
+        )
+    except ValueError as exc:
+        raise CheckpointError(f"{path}/preprocessor_config.json: {exc}") from exc
+    try:
+        cfg = _config(family, vision, state, served)
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}/config.json: {exc}") from exc
+    model = VisionTransformer(cfg)
+    skip = _OTHER_TOWER if model_type in ("clip", "siglip") else ()
+    native, _ = hf_to_native(state, cfg, skip)
+    load_strict(model, native, f"{weights} (Hugging Face {model_type})", antialias=family.antialias)
+    labels = _hf_labels(meta, cfg.num_classes)
+    return Checkpoint(model, "huggingface", path, sha256_of(weights), labels, preprocess)
+
+
+def _config(family: Family, vision: dict[str, Any], state: StateDict, served: int) -> ViTConfig:
+    """The ViTConfig of this checkpoint, served at `served` pixels (position embeddings are
+    resampled to it at load, as transformers does at each call)."""
+    act = vision.get("hidden_act", "gelu")
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"hidden_act {act!r} is not one of {', '.join(_ACTIVATIONS)}")
+    dim = vision.get("hidden_size", 768)
+    mlp = vision.get("intermediate_size") or int(dim * vision.get("mlp_ratio", 4))
+    ffn = "swiglu" if vision.get("use_swiglu_ffn") else _ACTIVATIONS[act]
+    if ffn == "swiglu":  # DINOv2's rule: two thirds of the MLP's width, rounded up to a multiple of 8
+        mlp = (int(mlp * 2 / 3) + 7) // 8 * 8
+    head = next((state[k] for k in ("classifier.weight", "cls_classifier.weight") if k in state), None)
+    projection = next((v for k, v in state.items() if k.endswith("visual_projection.weight")), None)
+    flags = dict(family.flags)
+    if family.name == "siglip" and not vision.get("vision_use_head", True):
+        flags["pool"] = "none"  # PaliGemma's tower: hidden states only
+    elif family.name == "siglip":
+        flags["pool"] = "map"
+    return ViTConfig(
+        image_size=served,
+        patch_size=vision.get("patch_size", 16),
+        in_chans=vision.get("num_channels", 3),
+        embed_dim=dim,
+        depth=vision.get("num_hidden_layers", 12),
+        num_heads=vision.get("num_attention_heads", 12),
+        mlp_dim=mlp,
+        num_classes=head.shape[0] if head is not None else 0,
+        ln_eps=vision.get("layer_norm_eps", 1e-12),
+        qkv_bias=vision.get("qkv_bias", True),
+        family=family.name,  # type: ignore[arg-type]  # one of FAMILIES' names
+        reg_tokens=vision.get("num_register_tokens", 0),
+        ffn=ffn,  # type: ignore[arg-type]
+        proj_dim=projection.shape[0] if projection is not None else 0,
+        **flags,
+    )
+
+
+def _hf_labels(meta: dict[str, Any], num_classes: int) -> list[str] | None:
+    """id2label in index order, unless it is HF's placeholder LABEL_0…LABEL_{n-1}."""
+    id2label = meta.get("id2label") or {}
+    try:
+        labels = [str(id2label[str(i)]) if str(i) in id2label else str(id2label[i]) for i in range(num_classes)]
+    except KeyError:
+        return None
+    if not labels or labels == [f"LABEL_{i}" for i in range(num_classes)]:
+        return None
+    return labels

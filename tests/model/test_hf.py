@@ -1,0 +1,72 @@
+"""model/hf.py: every family's transformers checkpoints load strictly and compute what
+transformers computes on the same weights (tests/families.py builds them)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from model.checkpoints import CheckpointError, load_checkpoint
+from model.config import FINAL
+from tests.families import CASES, Case, reference, save
+
+LAYOUTS = [(case, False) for case in CASES] + [(case, True) for case in CASES if case.old_keys]
+
+
+@pytest.mark.parametrize(
+    ("case", "old_keys"), LAYOUTS, ids=[f"{c.name}{'-4.x-keys' if old else ''}" for c, old in LAYOUTS]
+)
+def test_each_family_matches_transformers(case: Case, old_keys: bool, tmp_path: Path) -> None:
+    hf = save(case, tmp_path, old_keys)
+    ckpt = load_checkpoint(tmp_path)
+    cfg = ckpt.config
+    assert (cfg.image_size, cfg.prefix_tokens, cfg.embedding_dim) == (32, case.prefix_tokens, case.embedding_dim)
+    pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    expected = reference(hf, pixels)
+    layers = list(range(cfg.depth + 1)) + [-2, FINAL]
+    with torch.inference_mode():
+        out = ckpt.model.eval()(pixels, layers)
+    for layer in range(cfg.depth + 1):
+        assert (out.hidden_states[layer] - expected.hidden_states[layer]).abs().max() <= 1e-4, layer
+    assert (out.hidden_states[-2] - expected.hidden_states[-2]).abs().max() <= 1e-4
+    assert (out.hidden_states[FINAL] - expected.last_hidden_state).abs().max() <= 1e-4
+    if case.embedding_dim:
+        assert expected.embedding is not None
+        assert (out.embedding - expected.embedding).abs().max() <= 1e-4
+    else:
+        assert out.embedding.shape == (2, 0)
+    if expected.probs is not None:
+        assert out.logits is not None
+        assert (out.logits.softmax(-1) - expected.probs).abs().max() <= 1e-5
+        assert ckpt.labels == [f"class-{i}" for i in range(5)]
+
+
+def test_an_unsupported_model_type_is_named_with_the_families(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "convnext"}))
+    with pytest.raises(CheckpointError, match=r"model_type 'convnext' is not a supported family \(clip, "):
+        load_checkpoint(tmp_path)
+
+
+def test_an_unsupported_class_of_a_family_is_named(tmp_path: Path) -> None:
+    (tmp_path / "config.json").write_text(json.dumps({"model_type": "clip", "architectures": ["CLIPTextModel"]}))
+    with pytest.raises(CheckpointError, match="architecture CLIPTextModel is not served; for clip: CLIPVisionModel"):
+        load_checkpoint(tmp_path)
+
+
+def test_a_stray_vision_key_is_named_while_the_text_tower_is_skipped(tmp_path: Path) -> None:
+    """Strict stays strict: only the other tower of a full model is skipped, and by name."""
+    from safetensors.torch import load_file, save_file
+
+    save(next(c for c in CASES if c.name == "CLIPModel"), tmp_path)
+    state = load_file(str(tmp_path / "model.safetensors"))
+    state["vision_model.encoder.layers.0.extra.weight"] = torch.zeros(2)
+    del state["vision_model.post_layernorm.bias"]
+    save_file(state, str(tmp_path / "model.safetensors"))
+    with pytest.raises(CheckpointError) as error:
+        load_checkpoint(tmp_path)
+    message = str(error.value)
+    assert "missing keys (1): norm.bias" in message and "unexpected keys (1): encoder.layers.0.extra.weight" in message
+    assert "text_model" not in message
