@@ -82,18 +82,24 @@ class OpenAIEmbeddingParams(EmbeddingParams):
 
 class FeatureParams(BaseModel):
     model_config = _STRICT
-    layer: int = Field(-1, description="hidden state z_l: 0 … L, or counted from the end (-1 = z_L, -2 for LLaVA)")
-    tokens: Literal["all", "patch"] = Field("all", description="all: [class] then the patches; patch: the patches")
+    layer: int | Literal["final"] = Field(
+        -1,
+        description="transformers' hidden_states[layer]: 0 is the encoder's input, l block l's output, negatives"
+        " count from the end (-2 for LLaVA); final: the final-normed tokens (transformers' last_hidden_state)",
+    )
+    tokens: Literal["all", "patch"] = Field(
+        "all", description="all: the prefix tokens (class, registers or distillation), then the patches; patch: patches"
+    )
     dtype: Literal["float32", "float16"] = Field("float32", description="the features' number format")
 
 
 @functools.cache
-def _query_types(model: type[BaseModel]) -> dict[str, str]:
-    """Each field's JSON type ("integer", "boolean", "string"), from the model's own schema."""
+def _query_types(model: type[BaseModel]) -> dict[str, list[str]]:
+    """Each field's JSON types ("integer", "boolean", "string"), from the model's own schema."""
     types = {}
     for name, schema in model.model_json_schema()["properties"].items():
         options = [s.get("type") for s in schema.get("anyOf", [schema]) if s.get("type") != "null"]
-        types[name] = options[0] if options else "string"
+        types[name] = options or ["string"]
     return types
 
 
@@ -101,13 +107,15 @@ def from_query(model: type[BaseModel], query: Mapping[str, str]) -> dict[str, An
     """The query parameters `model` declares, as the JSON values they spell (others are ignored);
     a spelling that is not one is a 422 naming it, before the body is read."""
     values = {}
-    for name, kind in _query_types(model).items():
+    for name, kinds in _query_types(model).items():
         text = query.get(name)
         if text is not None:
             try:
-                values[name] = _FROM_QUERY.get(kind, str)(text)
+                values[name] = _FROM_QUERY.get(kinds[0], str)(text)
             except ValueError as exc:
-                raise InvalidParameter(f"{name}: {exc}") from None
+                if "string" not in kinds:
+                    raise InvalidParameter(f"{name}: {exc}") from None
+                values[name] = text  # a field that also takes a word (layer=final): validated with the rest
     return values
 
 

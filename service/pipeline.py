@@ -16,6 +16,7 @@ from dataclasses import dataclass
 import torch
 from starlette.requests import Request
 
+from model.config import Layer
 from model.preprocess import ImageTooLarge, UnsupportedImageFormat
 from service.decoding import DecodeFailed, DecodePool
 from service.engine import Batcher, ItemResult, ModelCard
@@ -69,7 +70,7 @@ async def compute(
     endpoint: str,
     images: Sequence[bytes | torch.Tensor],
     deadline: float,
-    layer: int | None = None,
+    layer: Layer | None = None,
 ) -> list[ItemResult]:
     """Decode the images given as bytes, queue them all for the shared batches, and wait. A
     client that leaves abandons its request: images not yet decoded are never decoded, queued
@@ -90,7 +91,7 @@ async def compute(
 
 
 async def _decode_and_submit(
-    serving: Serving, images: Sequence[bytes | torch.Tensor], deadline: float, layer: int | None
+    serving: Serving, images: Sequence[bytes | torch.Tensor], deadline: float, layer: Layer | None
 ) -> list[ItemResult]:
     encoded = [image for image in images if isinstance(image, bytes)]
     decoded = iter(await decode(serving.decode_pool, encoded) if encoded else [])

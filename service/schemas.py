@@ -40,7 +40,7 @@ class OpenAIEmbedding(BaseModel):
 
 
 class Usage(BaseModel):
-    prompt_tokens: int = Field(description="tokens the encoder read: images × (patches + 1)")
+    prompt_tokens: int = Field(description="tokens the encoder read: images × (prefix tokens + patches)")
     total_tokens: int
 
 
@@ -55,13 +55,13 @@ class OpenAIEmbeddingsResponse(BaseModel):
 
 class Features(BaseModel):
     index: int
-    shape: list[int] = Field(description="(tokens, D): tokens = patches + 1, or patches only")
+    shape: list[int] = Field(description="(tokens, D): tokens = prefix tokens + patches, or patches only")
     features: str = Field(description="base64 of the little-endian values, row-major")
 
 
 class FeaturesResponse(BaseModel):
     model: str
-    layer: int
+    layer: int | str
     tokens: str
     dtype: str
     data: list[Features]
@@ -75,9 +75,13 @@ class CheckpointInfo(BaseModel):
 
 class ModelInfo(BaseModel):
     id: str
+    family: str = Field(description="vit, clip, siglip, dinov2 or deit")
     num_classes: int
-    embedding_dim: int
-    image_size: int
+    embedding_dim: int = Field(description="the size of /v1/embeddings' vectors; 0: the model has none")
+    embedding: str = Field(description="what /v1/embeddings returns for this family")
+    hidden_size: int = Field(description="D: the size of each token in /v1/features")
+    prefix_tokens: int = Field(description="tokens before the patches in /v1/features: class, registers, distillation")
+    image_size: int = Field(description="the side images are resized and cropped to: the processor's, not the config's")
     patch_size: int
     depth: int
     heads: int

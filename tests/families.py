@@ -24,6 +24,7 @@ class Case:
     """One family and class: how to build it, its processor, and its expected /v1/models facts."""
 
     name: str
+    family: str  # as /v1/models reports it
     build: Callable[[], Any]  # a transformers model, eval mode, random weights
     processor: Callable[[], Any]  # its image processor (the PIL one)
     prefix_tokens: int
@@ -86,6 +87,7 @@ def _deit_processor() -> Any:
 CASES = [
     Case(
         "CLIPVisionModel",
+        "clip",
         lambda: _scrambled(T.CLIPVisionModel(T.CLIPVisionConfig(**_vision())), 1),
         _clip_processor,
         1,
@@ -94,6 +96,7 @@ CASES = [
     ),
     Case(
         "CLIPVisionModelWithProjection",
+        "clip",
         lambda: _scrambled(T.CLIPVisionModelWithProjection(T.CLIPVisionConfig(**_vision(projection_dim=16))), 2),
         _clip_processor,
         1,
@@ -101,6 +104,7 @@ CASES = [
     ),
     Case(
         "CLIPModel",
+        "clip",
         lambda: _scrambled(
             T.CLIPModel(
                 T.CLIPConfig(
@@ -117,6 +121,7 @@ CASES = [
     ),
     Case(
         "SiglipVisionModel",
+        "siglip",
         lambda: _scrambled(T.SiglipVisionModel(T.SiglipVisionConfig(**_vision())), 4),
         _siglip_processor,
         0,
@@ -125,6 +130,7 @@ CASES = [
     ),
     Case(
         "SiglipModel",
+        "siglip",
         lambda: _scrambled(
             T.SiglipModel(T.SiglipConfig(text_config={**_text(), "vocab_size": 99}, vision_config=_vision())), 5
         ),
@@ -134,6 +140,7 @@ CASES = [
     ),
     Case(
         "SiglipVisionModel-without-head",
+        "siglip",
         lambda: _scrambled(T.SiglipVisionModel(T.SiglipVisionConfig(**_vision(vision_use_head=False))), 6),
         _siglip_processor,
         0,
@@ -141,6 +148,7 @@ CASES = [
     ),
     Case(
         "Dinov2Model",
+        "dinov2",
         lambda: _scrambled(T.Dinov2Model(T.Dinov2Config(**_SHAPE, mlp_ratio=2, image_size=64)), 7),
         _bit_processor,
         1,
@@ -148,6 +156,7 @@ CASES = [
     ),
     Case(
         "Dinov2Model-SwiGLU",
+        "dinov2",
         lambda: _scrambled(T.Dinov2Model(T.Dinov2Config(**_SHAPE, image_size=64, use_swiglu_ffn=True)), 8),
         _bit_processor,
         1,
@@ -156,6 +165,7 @@ CASES = [
     ),
     Case(
         "Dinov2WithRegistersModel",
+        "dinov2",
         lambda: _scrambled(
             T.Dinov2WithRegistersModel(
                 T.Dinov2WithRegistersConfig(**_SHAPE, mlp_ratio=2, image_size=64, num_register_tokens=4)
@@ -168,6 +178,7 @@ CASES = [
     ),
     Case(
         "DeiTForImageClassificationWithTeacher",
+        "deit",
         lambda: _scrambled(
             T.DeiTForImageClassificationWithTeacher(
                 T.DeiTConfig(**_vision(), num_labels=5, id2label={i: f"class-{i}" for i in range(5)})

@@ -25,6 +25,7 @@ from typing import Any, Generic, TypeVar
 
 import torch
 
+from model.config import Layer
 from service.engine.device import BatchOutput
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.metrics import Metrics
@@ -47,7 +48,7 @@ class Item:
     future: asyncio.Future[ItemResult]
     enqueued: float
     deadline: float
-    layer: int | None  # a hidden layer to return, for /v1/features
+    layer: Layer | None  # a hidden layer to return, for /v1/features
 
 
 class Batcher(Generic[Staged]):
@@ -61,7 +62,7 @@ class Batcher(Generic[Staged]):
     def __init__(
         self,
         stage: Callable[[list[torch.Tensor]], Staged],
-        forward: Callable[[Staged, list[int]], BatchOutput],
+        forward: Callable[[Staged, list[Layer]], BatchOutput],
         *,
         max_batch_size: int,
         max_wait_s: float,
@@ -154,7 +155,7 @@ class Batcher(Generic[Staged]):
     # --------------------------------------------------------------------------- submit
 
     async def submit(
-        self, images: Sequence[torch.Tensor], deadline: float, layer: int | None = None
+        self, images: Sequence[torch.Tensor], deadline: float, layer: Layer | None = None
     ) -> list[ItemResult]:
         """Queue `images` and wait for their results, until `deadline` (monotonic); with `layer`,
         each result also holds that layer's hidden states.
@@ -175,7 +176,7 @@ class Batcher(Generic[Staged]):
         finally:
             self.forget(items)
 
-    def enqueue(self, images: Sequence[torch.Tensor], deadline: float, layer: int | None = None) -> list[Item]:
+    def enqueue(self, images: Sequence[torch.Tensor], deadline: float, layer: Layer | None = None) -> list[Item]:
         """`submit` without the waiting: queue the images and return their items, whose futures
         get the results (or a DeadlineExceeded if still queued at the deadline, which nothing
         else enforces here). The caller must `forget` them once done with them."""
@@ -303,7 +304,7 @@ class Batcher(Generic[Staged]):
             batch = [batch[row] for row in keep]
         if staged is None:
             staged = self._stage([item.image for item in batch])
-        layers = sorted({item.layer for item in batch if item.layer is not None})
+        layers = sorted({item.layer for item in batch if item.layer is not None}, key=str)
         start = time.perf_counter()
         output = self._forward(staged, layers)
         if self._metrics is not None:

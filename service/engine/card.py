@@ -33,6 +33,18 @@ class ModelCard:
         return self.cfg.image_size
 
     @property
+    def embedding_meaning(self) -> str:
+        """What /v1/embeddings returns for this model, in transformers' terms."""
+        cfg = self.cfg
+        if cfg.pool == "none":
+            return "none: this tower has no pooling head; read /v1/features"
+        if cfg.pool == "map":
+            return "the attention-pool head's output (pooler_output)"
+        if cfg.proj_dim:
+            return "the projected, final-normed class token (image_embeds), before L2 normalisation"
+        return "the final-normed class token (pooler_output; y = LN(z_L⁰))"
+
+    @property
     def device_type(self) -> str:
         """ "cpu" or "cuda", as `Settings.resolve` takes it."""
         return self.device.partition(":")[0]

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 
 from model.checkpoints import Checkpoint, load_checkpoint
-from model.config import PRESETS, preset
+from model.config import PRESETS, Layer, preset
 from model.labels import resolve_labels
 from model.preprocess import PreprocessConfig, normalize
 from model.vit import VisionTransformer
@@ -56,7 +56,7 @@ class BatchOutput:
 
     probs: torch.Tensor | None  # (B, classes)
     embeddings: torch.Tensor  # (B, D)
-    hidden: dict[int, torch.Tensor] = field(default_factory=dict)  # layer -> (B, N+1, D), as asked
+    hidden: dict[Layer, torch.Tensor] = field(default_factory=dict)  # layer -> (B, tokens, D), as asked
 
 
 class Engine:
@@ -182,7 +182,7 @@ class Engine:
         return normalize(batch, self.preprocess.mean, self.preprocess.std, self.dtype)
 
     @torch.inference_mode()
-    def forward(self, pixels: torch.Tensor, hidden_layers: Sequence[int] = ()) -> BatchOutput:
+    def forward(self, pixels: torch.Tensor, hidden_layers: Sequence[Layer] = ()) -> BatchOutput:
         """One forward pass; logits, y and the hidden states asked for come from the same pass.
         A batch that runs out of device memory is run as two halves (recursively) before
         anything fails: only a single image that does not fit fails, alone."""
@@ -201,7 +201,7 @@ class Engine:
             hidden = {layer: torch.cat([first.hidden[layer], second.hidden[layer]]) for layer in hidden_layers}
             return BatchOutput(probs, torch.cat([first.embeddings, second.embeddings]), hidden)
 
-    def _pass(self, pixels: torch.Tensor, hidden_layers: Sequence[int]) -> BatchOutput:
+    def _pass(self, pixels: torch.Tensor, hidden_layers: Sequence[Layer]) -> BatchOutput:
         """A compiled model is specialised to each batch size it sees, so a batch is padded up to
         the next warmed-up bucket: a handful of graphs compiled at start-up, none during traffic.
         A batch that asks for hidden states runs eagerly: each choice of layers would be a graph."""

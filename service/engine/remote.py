@@ -39,6 +39,7 @@ from typing import Any, cast
 import numpy as np
 import torch
 
+from model.config import Layer
 from service.engine.arena import Arena, aligned
 from service.engine.batcher import Batcher, Item, ItemResult
 from service.engine.card import ModelCard
@@ -108,15 +109,16 @@ class Layout:
     embedding, then (for /v1/features) the hidden states of the layer asked for, as float32."""
 
     classes: int
-    dim: int
+    dim: int  # the embedding's size (0 for a model without one)
     tokens: int
+    width: int  # a hidden state's size, D
 
     @classmethod
     def of(cls, card: ModelCard) -> Layout:
-        return cls(card.cfg.num_classes, card.cfg.embed_dim, card.cfg.num_patches + 1)
+        return cls(card.cfg.num_classes, card.cfg.embedding_dim, card.cfg.num_tokens, card.cfg.embed_dim)
 
-    def result_bytes(self, layer: int | None) -> int:
-        return _FLOAT.itemsize * (self.classes + self.dim + (self.tokens * self.dim if layer is not None else 0))
+    def result_bytes(self, layer: Layer | None) -> int:
+        return _FLOAT.itemsize * (self.classes + self.dim + (self.tokens * self.width if layer is not None else 0))
 
     def write(self, arena: Arena, offset: int, result: ItemResult) -> None:
         if result.probs is not None:
@@ -125,15 +127,15 @@ class Layout:
         arena.array(offset, _FLOAT, (self.dim,))[...] = result.embedding.numpy()
         if result.hidden is not None:
             offset += _FLOAT.itemsize * self.dim
-            arena.array(offset, _FLOAT, (self.tokens, self.dim))[...] = result.hidden.numpy()
+            arena.array(offset, _FLOAT, (self.tokens, self.width))[...] = result.hidden.numpy()
 
-    def read(self, arena: Arena, offset: int, layer: int | None) -> ItemResult:
+    def read(self, arena: Arena, offset: int, layer: Layer | None) -> ItemResult:
         """A copy of the results at `offset` (one copy, then views of it): the region is given
         back right after."""
         block = torch.from_numpy(arena.array(offset, _FLOAT, (self.result_bytes(layer) // 4,)).copy())
         probs = block[: self.classes] if self.classes else None
         embedding = block[self.classes : self.classes + self.dim]
-        hidden = block[self.classes + self.dim :].view(self.tokens, self.dim) if layer is not None else None
+        hidden = block[self.classes + self.dim :].view(self.tokens, self.width) if layer is not None else None
         return ItemResult(probs, embedding, hidden)
 
 
@@ -209,7 +211,7 @@ class EngineClient:
         return self._link.open
 
     async def submit(
-        self, images: Sequence[torch.Tensor], deadline: float, layer: int | None = None
+        self, images: Sequence[torch.Tensor], deadline: float, layer: Layer | None = None
     ) -> list[ItemResult]:
         """As Batcher.submit: the images' results, computed by the engine process."""
         if not self.running:
@@ -377,7 +379,7 @@ class _FrontEnd:
             if request is not None:
                 self.server.batcher.forget(request.queued)  # each item's callback then finishes it
 
-    def _submit(self, request_id: int, items: list[list[Any]], deadline: float, layer: int | None) -> None:
+    def _submit(self, request_id: int, items: list[list[Any]], deadline: float, layer: Layer | None) -> None:
         size = self.server.card.image_size
         images = [_image_view(self.arena, offset, kind, size) for offset, kind in items]
         try:

@@ -24,8 +24,12 @@ async def models(request: Request) -> dict[str, Any]:
         "data": [
             {
                 "id": card.model_id,
+                "family": cfg.family,
                 "num_classes": cfg.num_classes,
-                "embedding_dim": cfg.embed_dim,
+                "embedding_dim": cfg.embedding_dim,
+                "embedding": card.embedding_meaning,
+                "hidden_size": cfg.embed_dim,
+                "prefix_tokens": cfg.prefix_tokens,
                 "image_size": cfg.image_size,
                 "patch_size": cfg.patch_size,
                 "depth": cfg.depth,

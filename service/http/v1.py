@@ -88,17 +88,19 @@ async def classify(request: Request) -> JSONResponse:
     **_route(EmbeddingParams, schemas.EMBEDDINGS_BODY),
 )
 async def embeddings(request: Request) -> JSONResponse:
-    """The [class]-token embedding y = LN(z_L⁰) of each image; a body with `input` (OpenAI's
-    embeddings request) gets OpenAI's response shape."""
+    """Each image's embedding, as the model's family defines it (y = LN(z_L⁰) for a ViT; see
+    /v1/models); a body with `input` (OpenAI's embeddings request) gets OpenAI's response shape."""
     async with admit(request) as serving:
         endpoint = "/v1/embeddings"
-        images, params, deadline = await receive(request, serving, endpoint, EmbeddingParams, OpenAIEmbeddingParams)
         card = serving.card
+        if not card.cfg.embedding_dim:
+            raise InvalidParameter("this model has no pooled embedding (a tower without its head): use /v1/features")
+        images, params, deadline = await receive(request, serving, endpoint, EmbeddingParams, OpenAIEmbeddingParams)
         openai = isinstance(params, OpenAIEmbeddingParams)
         if openai:
             require_model(card, params.model)
-            if params.dimensions is not None and params.dimensions != card.cfg.embed_dim:
-                raise InvalidParameter(f"dimensions: this model's embeddings have {card.cfg.embed_dim}")
+            if params.dimensions is not None and params.dimensions != card.cfg.embedding_dim:
+                raise InvalidParameter(f"dimensions: this model's embeddings have {card.cfg.embedding_dim}")
         results = await compute(request, serving, endpoint, images, deadline)
     vectors = []
     for result in results:
@@ -107,7 +109,7 @@ async def embeddings(request: Request) -> JSONResponse:
             y = y / max(float(np.linalg.norm(y)), 1e-12)
         vectors.append(_b64(y, "<f4") if params.encoding_format == "base64" else y.tolist())
     if openai:
-        tokens = len(results) * (card.cfg.num_patches + 1)  # the tokens the encoder read
+        tokens = len(results) * card.cfg.num_tokens  # the tokens the encoder read: prefix and patches
         return JSONResponse(
             {
                 "object": "list",
@@ -117,7 +119,7 @@ async def embeddings(request: Request) -> JSONResponse:
             }
         )
     data = [{"index": i, "embedding": v} for i, v in enumerate(vectors)]
-    return JSONResponse({"model": card.model_id, "dim": card.cfg.embed_dim, "data": data})
+    return JSONResponse({"model": card.model_id, "dim": card.cfg.embedding_dim, "data": data})
 
 
 @router.post("/v1/features", response_model=schemas.FeaturesResponse, **_route(FeatureParams))
@@ -138,7 +140,7 @@ async def features(request: Request) -> JSONResponse:
             raise InferenceFailed("the model returned no hidden states")
         hidden = result.hidden.numpy()
         if params.tokens == "patch":
-            hidden = hidden[1:]
+            hidden = hidden[serving.card.cfg.prefix_tokens :]
         data.append({"index": i, "shape": list(hidden.shape), "features": _b64(hidden, dtype_code)})
     return JSONResponse(
         {

@@ -23,7 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__, schemas
 from service.engine import ModelCard
-from service.errors import InvalidRequest, UnsupportedMediaType, first_error
+from service.errors import InvalidParameter, InvalidRequest, UnsupportedMediaType, first_error
 from service.http.access import SECURED, admit, require_model, state_of
 from service.inputs import check_image_count, decode_base64, load_json, parse_off_loop, read_body
 from service.params import openapi_parameters, parse_count
@@ -109,9 +109,10 @@ async def model_metadata(name: str, request: Request) -> dict[str, Any]:
 
 
 def _outputs(card: ModelCard) -> list[dict[str, Any]]:
-    """The model's output tensors: class probabilities when it has a head, and the embedding."""
+    """The model's output tensors: class probabilities when it has a head, and the embedding
+    when it has one (a SigLIP tower without its attention pool has neither)."""
     cfg = card.cfg
-    outputs = [{"name": "embedding", "datatype": "FP32", "shape": [-1, cfg.embed_dim]}]
+    outputs = [{"name": "embedding", "datatype": "FP32", "shape": [-1, cfg.embedding_dim]}] if cfg.embedding_dim else []
     if cfg.num_classes:
         outputs.insert(0, {"name": "probabilities", "datatype": "FP32", "shape": [-1, cfg.num_classes]})
     return outputs
@@ -133,6 +134,8 @@ async def _infer(name: str, request: Request, serving: Serving) -> Response:
         raise InvalidRequest(f"expected one input tensor (image, pixels or pixel_values), got {len(body.inputs)}")
     tensor = body.inputs[0]
     available = [output["name"] for output in _outputs(card)]
+    if not available:
+        raise InvalidParameter("this model has no pooled output (no head, no embedding): use /v1/features")
     requested = body.outputs or [RequestedOutput(name=n) for n in available]
     names = [o.name for o in requested]
     if unknown := [n for n in names if n not in available]:

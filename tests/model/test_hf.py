@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from model.checkpoints import CheckpointError, load_checkpoint
-from model.config import FINAL
+from model.config import FINAL, Layer
 from tests.families import CASES, Case, reference, save
 
 LAYOUTS = [(case, False) for case in CASES] + [(case, True) for case in CASES if case.old_keys]
@@ -26,7 +26,7 @@ def test_each_family_matches_transformers(case: Case, old_keys: bool, tmp_path: 
     assert (cfg.image_size, cfg.prefix_tokens, cfg.embedding_dim) == (32, case.prefix_tokens, case.embedding_dim)
     pixels = torch.randn(2, 3, 32, 32, generator=torch.Generator().manual_seed(0))
     expected = reference(hf, pixels)
-    layers = list(range(cfg.depth + 1)) + [-2, FINAL]
+    layers: list[Layer] = [*range(cfg.depth + 1), -2, FINAL]
     with torch.inference_mode():
         out = ckpt.model.eval()(pixels, layers)
     for layer in range(cfg.depth + 1):
