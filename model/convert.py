@@ -12,7 +12,8 @@ from model.labels import LabelsError, resolve_labels
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="vit-convert",
-        description="Convert a Hugging Face directory, timm file or Google .npz into a vit-serve checkpoint.",
+        description="Convert a Hugging Face directory (any served family), timm file or Google .npz into a "
+        "vit-serve checkpoint.",
     )
     parser.add_argument("src", help="checkpoint to read: HF directory, timm .safetensors/.pth/.bin, or .npz")
     parser.add_argument("dst", help="directory to write (model.safetensors + vit.json)")
@@ -28,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     cfg = ckpt.config
     print(
-        f"wrote {args.dst}: {ckpt.format} -> vit-serve, D={cfg.embed_dim} depth={cfg.depth} "
+        f"wrote {args.dst}: {ckpt.format} {cfg.family} -> vit-serve, D={cfg.embed_dim} depth={cfg.depth} "
         f"patch={cfg.patch_size} image={cfg.image_size} classes={cfg.num_classes}"
     )
     return 0

@@ -177,6 +177,14 @@ CASES = [
         32,
     ),
     Case(
+        "DeiTModel",
+        "deit",
+        lambda: _scrambled(T.DeiTModel(T.DeiTConfig(**_vision())), 11),  # with its tanh pooler, unused
+        _deit_processor,
+        2,
+        32,
+    ),
+    Case(
         "DeiTForImageClassificationWithTeacher",
         "deit",
         lambda: _scrambled(
@@ -225,6 +233,8 @@ def reference(model: Any, pixels: torch.Tensor) -> Reference:
     if isinstance(model, T.DeiTForImageClassificationWithTeacher):
         last = model.deit.layernorm(out.hidden_states[-1])
         return Reference(last[:, 0], out.hidden_states, last, out.logits.softmax(-1))
+    if isinstance(model, T.DeiTModel):  # its pooler_output is a tanh layer's, not the embedding
+        return Reference(out.last_hidden_state[:, 0], out.hidden_states, out.last_hidden_state, None)
     if isinstance(model, T.CLIPVisionModelWithProjection):
         return Reference(out.image_embeds, out.hidden_states, out.last_hidden_state, None)
     return Reference(getattr(out, "pooler_output", None), out.hidden_states, out.last_hidden_state, None)

@@ -11,6 +11,7 @@ import torch
 
 from model.checkpoints import CheckpointError, load_checkpoint
 from model.config import FINAL, Layer
+from model.convert import main as convert
 from tests.families import CASES, Case, reference, save
 
 LAYOUTS = [(case, False) for case in CASES] + [(case, True) for case in CASES if case.old_keys]
@@ -70,3 +71,33 @@ def test_a_stray_vision_key_is_named_while_the_text_tower_is_skipped(tmp_path: P
     message = str(error.value)
     assert "missing keys (1): norm.bias" in message and "unexpected keys (1): encoder.layers.0.extra.weight" in message
     assert "text_model" not in message
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_vit_convert_keeps_each_family_and_its_preprocessing(case: Case, tmp_path: Path) -> None:
+    save(case, tmp_path / "hf")
+    assert convert([str(tmp_path / "hf"), str(tmp_path / "native")]) == 0
+    hf, native = load_checkpoint(tmp_path / "hf"), load_checkpoint(tmp_path / "native")
+    assert native.format == "native"
+    assert (native.config, native.preprocess, native.labels) == (hf.config, hf.preprocess, hf.labels)
+    pixels = torch.randn(2, 3, 32, 32)
+    with torch.inference_mode():
+        a, b = hf.model.eval()(pixels, [-2]), native.model.eval()(pixels, [-2])
+    assert torch.equal(a.embedding, b.embedding) and torch.equal(a.hidden_states[-2], b.hidden_states[-2])
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bfloat16_stays_within_cosine_0_999_of_float32(case: Case, tmp_path: Path) -> None:
+    """The service's bf16 path (weights and pixels in bf16, SDPA) for every family, on the CPU."""
+    save(case, tmp_path)
+    model = load_checkpoint(tmp_path).model.eval()
+    pixels = torch.randn(4, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        full = model(pixels, [-2, FINAL])
+        half = model.to(torch.bfloat16)(pixels.bfloat16(), [-2, FINAL])
+    pairs = [(full.hidden_states[k], half.hidden_states[k]) for k in (-2, FINAL)]
+    if case.embedding_dim:
+        pairs.append((full.embedding, half.embedding))
+    for a, b in pairs:
+        cosine = torch.nn.functional.cosine_similarity(a.flatten(1), b.float().flatten(1))
+        assert cosine.min() >= 0.999
