@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.families import CASES, Case, reference, save
 from tests.images import encode, photo
-from tests.service.conftest import live_server, tiny_settings
+from tests.service.conftest import live_server, server_process, tiny_settings
 
 SERVED = photo().crop((200, 60, 232, 92))  # 32×32: the served size of every case
 OTHER = photo().resize((57, 41))  # another aspect ratio, through the processor's resize and crop
@@ -120,3 +120,25 @@ def test_v2_lists_the_outputs_the_model_has(served) -> None:
     pixels = {"name": "pixels", "datatype": "UINT8", "shape": [1, 3, 32, 32], "data": [0] * 3072}
     r = httpx.post(f"{url}/v2/models/{model_id}/infer", json={"inputs": [pixels]})
     assert r.status_code == (200 if outputs else 422)
+
+
+@pytest.mark.e2e
+@pytest.mark.parametrize(
+    "name", ["CLIPVisionModelWithProjection", "SiglipVisionModel-without-head", "Dinov2WithRegistersModel"]
+)
+def test_a_server_process_serves_the_family(name: str, tmp_path: Path) -> None:
+    """`python -m service` (and, in the VIT_WORKERS=2 pass, its front-ends and engine process,
+    whose shared-memory results hold an embedding narrower than D, or none, and prefix tokens)."""
+    case = next(c for c in CASES if c.name == name)
+    model = save(case, tmp_path)
+    want = expected(case, model, OTHER)
+    with server_process(VIT_CHECKPOINT=str(tmp_path), VIT_DTYPE="float32") as server:
+        assert close(features(server.url, OTHER, layer="final"), want.last_hidden_state[0])
+        assert close(
+            features(server.url, OTHER, layer=1, tokens="patch"), want.hidden_states[1][0, case.prefix_tokens :]
+        )
+        r = httpx.post(f"{server.url}/v1/embeddings", content=encode(OTHER), headers={"content-type": "image/png"})
+        if case.embedding_dim:
+            assert close(np.array(r.json()["data"][0]["embedding"], dtype=np.float32), want.embedding[0])
+        else:
+            assert r.status_code == 422
