@@ -50,13 +50,21 @@ FAMILIES: dict[str, Family] = {
         {"pre_norm": True, "patch_bias": False, "norm_tokens": False},
         ("CLIPVisionModel", "CLIPVisionModelWithProjection", "CLIPModel"),
     ),
-    "siglip": Family("siglip", "SiglipImageProcessor", {"class_token": False}, ("SiglipVisionModel", "SiglipModel")),
+    "siglip": Family(
+        "siglip",
+        "SiglipImageProcessor",
+        {"class_token": False},  # nosec B105: bandit reads a flag named *_token as a password
+        ("SiglipVisionModel", "SiglipModel"),
+    ),
     "dinov2": Family("dinov2", "BitImageProcessor", {"layer_scale": True}, ("Dinov2Model",)),
     "dinov2_with_registers": Family(
         "dinov2", "BitImageProcessor", {"layer_scale": True}, ("Dinov2WithRegistersModel",), antialias=True
     ),
     "deit": Family(
-        "deit", "DeiTImageProcessor", {"distill_token": True}, ("DeiTModel", "DeiTForImageClassificationWithTeacher")
+        "deit",
+        "DeiTImageProcessor",
+        {"distill_token": True},  # nosec B105: a flag, not a password
+        ("DeiTModel", "DeiTForImageClassificationWithTeacher"),
     ),
 }
 # model_type -> family; a full CLIP or SigLIP keeps its vision tower's config under vision_config.

@@ -130,6 +130,8 @@ class Engine:
             for k in ("resize_mode", "crop_pct", "interpolation", "mean", "std")
             if getattr(settings, k) is not None
         }
+        if {"resize_mode", "crop_pct"} & overrides.keys():  # the settings' geometry replaces the processor's
+            overrides["resize_size"] = 0
         device = resolve_device(settings.device)
         resolved = settings.resolve(device.type)
         size = ckpt.config.image_size

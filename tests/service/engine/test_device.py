@@ -4,11 +4,13 @@ and batches split in halves when the device runs out of memory."""
 from __future__ import annotations
 
 import threading
+from pathlib import Path
 
 import pytest
 import torch
 
 from service.engine import Engine
+from tests.families import CASES, save
 from tests.service.conftest import tiny_settings
 
 
@@ -25,6 +27,26 @@ def test_a_compiled_engine_pads_every_batch_to_a_warmed_bucket_and_never_recompi
     assert out.probs.shape == (3, 10) and out.embeddings.shape == (3, 48)
     torch.testing.assert_close(out.probs, eager.logits.softmax(-1), atol=1e-5, rtol=1e-4)
     torch.testing.assert_close(out.embeddings, eager.embedding, atol=1e-5, rtol=1e-4)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "name", ["SiglipVisionModel", "Dinov2WithRegistersModel", "DeiTForImageClassificationWithTeacher"]
+)
+def test_compiled_buckets_cover_the_families(name: str, tmp_path: Path) -> None:
+    """An attention-pool head, registers and LayerScale, two heads: the compiled path as the eager."""
+    save(next(c for c in CASES if c.name == name), tmp_path)
+    engine = Engine.from_settings(tiny_settings(checkpoint=str(tmp_path), compile=True))
+    engine.warmup(2)
+    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(2)]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images))).result()
+    with torch.inference_mode():
+        eager = engine.model(engine.stage(images))
+    torch.testing.assert_close(out.embeddings, eager.embedding, atol=1e-5, rtol=1e-4)
+    if eager.logits is not None:
+        assert out.probs is not None
+        torch.testing.assert_close(out.probs, eager.logits.softmax(-1), atol=1e-5, rtol=1e-4)
 
 
 def test_an_eager_engine_runs_each_batch_at_its_own_size() -> None:
@@ -83,3 +105,14 @@ def test_out_of_memory_at_batch_one_fails() -> None:
     _out_of_memory_above(engine, 0)
     with pytest.raises(torch.cuda.OutOfMemoryError):
         engine.forward(engine.stage([torch.zeros(3, 32, 32, dtype=torch.uint8)] * 2))
+
+
+def test_a_crop_setting_replaces_the_processors_resize_and_crop(tmp_path: Path) -> None:
+    save(next(c for c in CASES if c.name == "Dinov2Model"), tmp_path)  # shortest edge 40, then 32
+    assert Engine.from_settings(tiny_settings(checkpoint=str(tmp_path))).preprocess.resize_size == 40
+    engine = Engine.from_settings(tiny_settings(checkpoint=str(tmp_path), crop_pct=1.0))
+    assert (engine.preprocess.resize_mode, engine.preprocess.resize_size, engine.preprocess.crop_pct) == (
+        "crop",
+        0,
+        1.0,
+    )
