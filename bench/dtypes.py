@@ -1,11 +1,14 @@
-"""`python -m bench.dtypes`: VIT_DTYPE=auto against float32, end to end through the server.
+"""`python -m bench.dtypes`: VIT_DTYPE=auto and VIT_QUANTIZE=int8 against float32, end to end
+through the server.
 
-One ViT-S/16 (`--model`) with random weights, saved once so both servers serve the same weights, is served
-with `VIT_DTYPE=float32` and with `VIT_DTYPE=auto` in turn, `--rounds` times; each is loaded with
-one 224×224 JPEG a request at concurrency 16 (bench.load's closed loop). Printed: images/s of
-each, auto's speed-up per round and its median, the dtype auto chose and why (from /v1/models),
-and the cosine between the two servers' embeddings of the benchmark's photos. The machine, its
-CPU flags and the date go with the figures: auto's choice depends on the CPU.
+One ViT-S/16 (`--model`) with random weights, saved once so every server serves the same weights,
+is served with `VIT_DTYPE=float32`, `VIT_DTYPE=auto` and `VIT_QUANTIZE=int8` in turn (`--variants`),
+`--rounds` times, all with VIT_MAX_BATCH_SIZE=16; each is loaded with one 224×224 JPEG a request at
+concurrency 16 (bench.load's closed loop). Printed: images/s of each, each variant's speed-up over
+float32 per round and its median, the dtype chosen and why (from /v1/models), and the cosine
+between each server's embeddings of the benchmark's photos and float32's. The machine, its CPU
+flags and the date go with the figures: auto's choice depends on the CPU. int8 compiles one graph
+per batch-size bucket at start-up (~30 s each for ViT-S/16 on two cores), before it is ready.
 """
 
 from __future__ import annotations
@@ -37,14 +40,16 @@ from service.engine.precision import native_bf16
 
 
 @contextmanager
-def _serving(checkpoint: Path, model: str, dtype: str) -> Iterator[str]:
-    """vit-serve on 127.0.0.1 with these weights and VIT_DTYPE, once ready; yields its URL."""
+def _serving(checkpoint: Path, model: str, variant: str) -> Iterator[str]:
+    """vit-serve on 127.0.0.1 with these weights and this VIT_DTYPE (or int8), once ready; yields its URL."""
     port = _free_port()
     env = {
         **os.environ,
         "VIT_CHECKPOINT": str(checkpoint),
         "VIT_MODEL": model,
-        "VIT_DTYPE": dtype,
+        "VIT_DTYPE": "float32" if variant == "int8" else variant,
+        "VIT_QUANTIZE": "int8" if variant == "int8" else "none",
+        "VIT_MAX_BATCH_SIZE": "16",
         "VIT_HOST": "127.0.0.1",
         "VIT_PORT": str(port),
         "VIT_DEVICE": "cpu",
@@ -75,19 +80,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--model", default="vit_small_patch16_224", help="a preset (random weights)")
+    parser.add_argument("--variants", default="float32,auto,int8", help="float32 first: the reference")
     args = parser.parse_args(argv)
     print(f"{datetime.date.today()}, CPU native bf16 flag: {native_bf16() or 'none'}, torch {torch.__version__}")
     photos = [jpeg("224", i) for i in range(3)] + [jpeg("500x375", i) for i in range(3)]
-    rates: dict[str, list[float]] = {"float32": [], "auto": []}
+    rates: dict[str, list[float]] = {variant: [] for variant in args.variants.split(",")}
     with tempfile.TemporaryDirectory() as tmp:
         torch.manual_seed(0)
         save_native(Path(tmp), VisionTransformer(preset(args.model)), None, PreprocessConfig())
         embeddings: dict[str, np.ndarray] = {}
         for round_ in range(args.rounds):
-            for dtype in rates:
-                with _serving(Path(tmp), args.model, dtype) as url:
+            for variant in rates:
+                with _serving(Path(tmp), args.model, variant) as url:
                     model = httpx.get(f"{url}/v1/models").json()["data"][0]
-                    embeddings.setdefault(dtype, _embeddings(url, photos))
+                    embeddings.setdefault(variant, _embeddings(url, photos))
                     load = closed_loop(
                         f"{url}/v1/classify?top_k=1",
                         photos[0],
@@ -97,14 +103,16 @@ def main(argv: list[str] | None = None) -> None:
                         duration_s=args.duration,
                         content_type="image/jpeg",
                     )
-                rates[dtype].append(load.images_per_s)
-                print(f"round {round_ + 1} {dtype}: {load.images_per_s:.1f} images/s ({model['dtype_reason']})")
-    speedups = [a / f for a, f in zip(rates["auto"], rates["float32"], strict=True)]
-    shown = ", ".join(f"{s:.2f}" for s in speedups)
-    print(f"auto ÷ float32, per round: {shown}; median {statistics.median(speedups):.2f}")
-    a, f = embeddings["auto"], embeddings["float32"]
-    cosines = (a * f).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(f, axis=1))
-    print(f"embedding cosine, auto against float32, over {len(photos)} photos: min {cosines.min():.6f}")
+                rates[variant].append(load.images_per_s)
+                print(f"round {round_ + 1} {variant}: {load.images_per_s:.1f} images/s ({model['dtype_reason']})")
+    reference = next(iter(rates))
+    for variant in list(rates)[1:]:
+        speedups = [a / f for a, f in zip(rates[variant], rates[reference], strict=True)]
+        shown = ", ".join(f"{s:.2f}" for s in speedups)
+        print(f"{variant} ÷ {reference}, per round: {shown}; median {statistics.median(speedups):.2f}")
+        a, f = embeddings[variant], embeddings[reference]
+        cosines = (a * f).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(f, axis=1))
+        print(f"embedding cosine, {variant} against {reference}, over {len(photos)} photos: min {cosines.min():.6f}")
 
 
 if __name__ == "__main__":

@@ -1,13 +1,24 @@
-"""The model alone: images/s and MFU over batch sizes and dtypes, eager and compiled."""
+"""The model alone: images/s and MFU over batch sizes and dtypes, eager and compiled, and int8.
+
+`python -m bench.model_only --model vit_small_patch16_224 --batch 1,16 --rounds 2` times each
+variant (`float32`, `bfloat16`, with `+compile`, and `int8+compile`: VIT_QUANTIZE's model)
+round by round, interleaved, on random weights, and prints images/s with each variant's ratio to
+the first variant (float32 eager) in the same round. int8's fidelity is tested, not timed
+(tests/model/test_quantize.py).
+"""
 
 from __future__ import annotations
 
+import argparse
+import datetime
+import platform
 import statistics
 import time
 
 import torch
 
 from model.config import ViTConfig, preset
+from model.quantize import quantize_int8
 from model.vit import VisionTransformer
 
 
@@ -28,9 +39,13 @@ def measure(
     compiled: bool,
     seconds: float = 2.0,
     peak_tflops: float | None = None,
+    int8: bool = False,
 ) -> list[dict[str, object]]:
     cfg = preset(model_name)
+    torch.manual_seed(0)
     model = VisionTransformer(cfg).eval().to(device=device, dtype=dtype)
+    if int8:
+        quantize_int8(model)
     forward = torch.compile(model, dynamic=False) if compiled else model
     rows = []
     for batch in batch_sizes:
@@ -53,7 +68,7 @@ def measure(
             {
                 "model": model_name,
                 "device": device,
-                "dtype": str(dtype).removeprefix("torch."),
+                "dtype": "int8" if int8 else str(dtype).removeprefix("torch."),
                 "compiled": compiled,
                 "batch_size": batch,
                 "images_per_s": per_s,
@@ -69,3 +84,38 @@ def measure(
 def _sync(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def _cpu_model() -> str:
+    for line in open("/proc/cpuinfo").read().splitlines():  # noqa: SIM115 - read once, closed by GC
+        if line.startswith("model name"):
+            return line.split(":", 1)[1].strip()
+    return platform.processor()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m bench.model_only", description=__doc__)
+    parser.add_argument("--model", default="vit_small_patch16_224")
+    parser.add_argument("--batch", default="1,16", help="comma-separated batch sizes")
+    parser.add_argument("--variants", default="float32,float32+compile,bfloat16,bfloat16+compile,int8+compile")
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--seconds", type=float, default=3.0)
+    args = parser.parse_args(argv)
+    batches = [int(b) for b in args.batch.split(",")]
+    print(f"{datetime.date.today()}, {_cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    for round_ in range(args.rounds):
+        base: dict[int, float] = {}
+        for variant in args.variants.split(","):
+            name, _, compiled = variant.partition("+")
+            int8 = name == "int8"
+            dtype = torch.float32 if int8 else getattr(torch, name)
+            for row in measure(args.model, "cpu", dtype, batches, bool(compiled), args.seconds, int8=int8):
+                batch, rate = int(row["batch_size"]), float(row["images_per_s"])  # type: ignore[arg-type]
+                base.setdefault(batch, rate)  # the first variant is the reference
+                print(
+                    f"round {round_ + 1} {variant:18} batch {batch:3}: {rate:7.1f} images/s, × {rate / base[batch]:.2f}"
+                )
+
+
+if __name__ == "__main__":
+    main()

@@ -36,7 +36,10 @@ class Settings(BaseSettings):
     labels: Path | None = Field(None, description="labels file: one a line, or a JSON list")
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
-    compile: bool | None = Field(None, description="torch.compile the model (default: on for CUDA)")
+    compile: bool | None = Field(None, description="torch.compile the model (default: on for CUDA and for int8)")
+    quantize: Literal["none", "int8"] = Field(
+        "none", description="int8: the encoder blocks' Linear layers in dynamic int8 (torchao), compiled; CPU only"
+    )
     max_batch_size: int | None = Field(
         None, ge=1, le=4096, description="images per forward pass (default: 32 CPU, 256 CUDA)"
     )
@@ -141,6 +144,14 @@ class Settings(BaseSettings):
             )
         return self
 
+    @model_validator(mode="after")
+    def _int8_is_compiled_float32(self) -> Settings:
+        if self.quantize == "int8" and self.compile is False:
+            raise ValueError("VIT_QUANTIZE=int8 needs VIT_COMPILE: torchao's int8 is slower than float32 uncompiled")
+        if self.quantize == "int8" and self.dtype not in ("auto", "float32"):
+            raise ValueError(f"VIT_QUANTIZE=int8 keeps float32 outside the blocks' matrix products; not {self.dtype}")
+        return self
+
     def resolve(self, device_type: str, cores: int | None = None) -> Resolved:
         """The defaults left open above, for a model on `device_type` ("cpu", "cuda") on a host
         of `cores` cores (default: this one's)."""
@@ -151,7 +162,7 @@ class Settings(BaseSettings):
             max_batch_size=max_batch_size,
             max_queue_size=self.max_queue_size or 16 * max_batch_size,
             decode_processes=self.decode_processes or max(2, -(-cores // self.workers)),
-            compile=cuda if self.compile is None else self.compile,
+            compile=(cuda or self.quantize == "int8") if self.compile is None else self.compile,
             engine_threads=cores if self.workers == 1 else max(1, cores - self.workers),
         )
 
@@ -163,7 +174,7 @@ class Resolved:
     max_batch_size: int  # 32 on the CPU, 256 on CUDA
     max_queue_size: int  # 16 batches
     decode_processes: int  # a front-end's share of the cores, at least two, so one request never holds them all
-    compile: bool  # torch.compile on CUDA only
+    compile: bool  # torch.compile: by default on CUDA, and for int8
     # torch's threads: with front-end processes beside the engine, the cores they leave (an idle
     # OpenMP team spin-waits on its cores, which front-ends then lack: docs/BENCHMARKS.md)
     engine_threads: int

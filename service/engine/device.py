@@ -29,9 +29,10 @@ from model.checkpoints import Checkpoint, load_checkpoint
 from model.config import PRESETS, Layer, preset
 from model.labels import resolve_labels
 from model.preprocess import PreprocessConfig, normalize
+from model.quantize import quantize_int8
 from model.vit import VisionTransformer
 from service.engine.card import ModelCard
-from service.engine.precision import choose_dtype, native_bf16, probe
+from service.engine.precision import Choice, choose_dtype, native_bf16, probe
 from service.settings import BUILTIN_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -73,6 +74,7 @@ class Engine:
         compile_model: bool,
         torch_thread: ThreadPoolExecutor,
         dtype_reason: str = "",
+        int8: bool = False,
     ) -> None:
         self.checkpoint = checkpoint
         self.model_id = model_id
@@ -83,6 +85,9 @@ class Engine:
         model: VisionTransformer = checkpoint.model.eval().to(device=device, dtype=dtype)
         for p in model.parameters():
             p.requires_grad_(False)
+        self.int8 = int8
+        if int8:  # after the move: moving int8 weights to a float dtype would undo them
+            quantize_int8(model)
         self.model = model
         self.compiled = compile_model
         self._forward = torch.compile(model, dynamic=False) if compile_model else model
@@ -135,9 +140,15 @@ class Engine:
         device = resolve_device(settings.device)
         resolved = settings.resolve(device.type)
         size = ckpt.config.image_size
-        choice = choose_dtype(
-            settings.dtype, device, native_bf16(), lambda: probe(ckpt.model, min(8, resolved.max_batch_size), size)
-        )
+        int8 = settings.quantize == "int8"
+        if int8 and device.type != "cpu":
+            raise ValueError("VIT_QUANTIZE=int8 is for the CPU; on a GPU, VIT_DTYPE=bfloat16 is the fast path")
+        if int8:
+            choice = Choice(torch.float32, "VIT_QUANTIZE=int8: the blocks' matrix products in int8, float32 elsewhere")
+        else:
+            choice = choose_dtype(
+                settings.dtype, device, native_bf16(), lambda: probe(ckpt.model, min(8, resolved.max_batch_size), size)
+            )
         (log.warning if choice.emulated else log.info)("dtype: %s", choice.reason)
         return cls(
             ckpt,
@@ -149,6 +160,7 @@ class Engine:
             resolved.compile,
             torch_thread,
             choice.reason,
+            int8,
         )
 
     @property
@@ -163,8 +175,8 @@ class Engine:
 
     @property
     def dtype_name(self) -> str:
-        """ "float32", "bfloat16", …: as settings, metrics and /v1/models spell it."""
-        return str(self.dtype).removeprefix("torch.")
+        """ "float32", "bfloat16", …, or "int8": as settings, metrics and /v1/models spell it."""
+        return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
     def stage(self, images: list[torch.Tensor]) -> torch.Tensor:
         """(3, S, S) images -> a normalised batch on the device.

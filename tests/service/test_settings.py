@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from pydantic import ValidationError
 
 from service.settings import Settings, UnknownSetting
 
@@ -41,3 +42,14 @@ def test_the_cli_refuses_an_unknown_setting_with_one_line() -> None:
     assert run.stderr.strip().splitlines() == [
         "vit-serve: unknown setting VIT_DECODE_THREADS: it is now VIT_DECODE_PROCESSES"
     ]
+
+
+@pytest.mark.parametrize(
+    ("values", "message"),
+    [({"compile": False}, "needs VIT_COMPILE"), ({"dtype": "bfloat16"}, "keeps float32")],
+)
+def test_int8_is_compiled_and_float32_around_it(values: dict, message: str) -> None:
+    with pytest.raises(ValidationError, match=message):
+        Settings(_env_file=None, quantize="int8", **values)
+    assert Settings(_env_file=None, quantize="int8").resolve("cpu").compile
+    assert not Settings(_env_file=None).resolve("cpu").compile

@@ -49,6 +49,20 @@ def test_compiled_buckets_cover_the_families(name: str, tmp_path: Path) -> None:
         torch.testing.assert_close(out.probs, eager.logits.softmax(-1), atol=1e-5, rtol=1e-4)
 
 
+@pytest.mark.slow
+def test_an_int8_engine_is_compiled_and_computes_as_the_eager_int8_model() -> None:
+    engine = Engine.from_settings(tiny_settings(quantize="int8", max_batch_size=2))
+    assert engine.compiled and engine.card.dtype == "int8" and "VIT_QUANTIZE=int8" in engine.card.dtype_reason
+    engine.warmup(2)
+    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(2)]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images))).result()
+    with torch.inference_mode():
+        eager = engine.model(engine.stage(images))
+    cosine = torch.nn.functional.cosine_similarity(out.embeddings, eager.embedding)
+    assert cosine.min() >= 0.999
+
+
 def test_an_eager_engine_runs_each_batch_at_its_own_size() -> None:
     engine = Engine.from_settings(tiny_settings())
     engine.warmup(4)
