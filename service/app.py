@@ -9,6 +9,7 @@ from typing import Any
 
 from fastapi import FastAPI
 from fastapi.openapi.utils import get_openapi
+from fastapi_offline import FastAPIOffline
 
 from service import __version__, lifecycle
 from service.engine import Engine
@@ -46,11 +47,17 @@ def create_app(
         finally:
             await lifecycle.stop(state, loader)
 
-    app = FastAPI(
+    # FastAPI's /docs loads Swagger UI's JavaScript and CSS from a CDN, a blank page on a machine
+    # without internet: fastapi-offline's app serves the same page from files it ships (Swagger UI
+    # 5, which renders FastAPI's OpenAPI 3.1) under /static-offline-docs. No /redoc: ReDoc still
+    # fetches its badge from cdn.redoc.ly, and one offline page is enough.
+    app = FastAPIOffline(
         title="vit-serve",
         version=__version__,
         summary="Vision Transformer labels and embeddings, micro-batched.",
         lifespan=lifespan,
+        redoc_url=None,
+        swagger_ui_parameters={"validatorUrl": None},  # Swagger UI would ask validator.swagger.io
     )
     app.state.service = state
     for module in (v1, ops, v2):

@@ -101,6 +101,40 @@ def test_service_pdb_and_hpa_select_the_deployment(exported_metrics: set[str]) -
     assert any(r["seriesQuery"].startswith("vit_queue_depth{") and r["name"]["as"] == "vit_queue_depth" for r in rules)
 
 
+# ------------------------------------------------------------------------------------ KServe
+
+
+def test_kserve_inference_service_runs_the_image_as_an_oip_v2_predictor() -> None:
+    """The fields KServe reads (its container name and port, PROTOCOL=v2, the GPU, the grace),
+    the predictor's pod fields valid as a Kubernetes pod, and its probes answered by the service."""
+    isvc = load_yaml(DEPLOY / "kserve" / "inferenceservice.yaml")
+    assert (isvc["apiVersion"], isvc["kind"]) == ("serving.kserve.io/v1beta1", "InferenceService")
+    predictor = isvc["spec"]["predictor"]
+    (container,) = predictor["containers"]
+    env = {e["name"]: e["value"] for e in container["env"]}
+    assert container["name"] == "kserve-container"  # the name KServe gives, and looks for in, a custom predictor
+    assert [p["containerPort"] for p in container["ports"]] == [8080] == [int(env["VIT_PORT"])]
+    assert env["PROTOCOL"] == "v2"  # KServe's protocol key for a custom container: v1 or v2
+    assert container["resources"]["limits"]["nvidia.com/gpu"] == 1
+    pre_stop = float(container["lifecycle"]["preStop"]["exec"]["command"][-1])
+    assert (
+        predictor["terminationGracePeriodSeconds"]
+        >= pre_stop + float(env["VIT_SHUTDOWN_TIMEOUT_S"]) + SERVER_GRACE_S + 5
+    )
+    extension = {"minReplicas", "maxReplicas"}  # KServe's own fields beside the inline pod spec
+    pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "predictor"}}
+    pod["spec"] = {k: v for k, v in predictor.items() if k not in extension}
+    kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+    Settings(_env_file=None, **{k.removeprefix("VIT_").lower(): v for k, v in env.items() if k.startswith("VIT_")})
+
+    async def probe() -> dict[str, int]:
+        async with serve(tiny_settings(), over="asgi") as (_, client):
+            paths = [container[p]["httpGet"]["path"] for p in ("startupProbe", "readinessProbe", "livenessProbe")]
+            return {path: (await client.get(path)).status_code for path in paths}
+
+    assert asyncio.run(probe()) == {"/v2/health/ready": 200, "/v2/health/live": 200}
+
+
 # ---------------------------------------------------------------- compose, Prometheus, Grafana
 
 

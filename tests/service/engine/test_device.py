@@ -9,20 +9,27 @@ from pathlib import Path
 import pytest
 import torch
 
-from service.engine import Engine
+from model.vit import ViTOutput
+from service.engine import BatchOutput, Engine
 from tests.families import CASES, save
 from tests.service.conftest import tiny_settings
+
+
+def compiled_and_eager(engine: Engine, count: int) -> tuple[BatchOutput, ViTOutput]:
+    """`count` random images through the warmed, compiled engine (no recompilation allowed) and
+    through its model eagerly."""
+    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(count)]
+    with torch._dynamo.config.patch(error_on_recompile=True):
+        out = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images))).result()
+    with torch.inference_mode():
+        return out, engine.model(engine.stage(images))
 
 
 def test_a_compiled_engine_pads_every_batch_to_a_warmed_bucket_and_never_recompiles() -> None:
     engine = Engine.from_settings(tiny_settings(compile=True))
     engine.warmup(4)
     assert engine.compiled and engine.buckets == [1, 2, 4]
-    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(3)]
-    with torch._dynamo.config.patch(error_on_recompile=True):  # a batch of 3 must run as bucket 4
-        out = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images))).result()
-    with torch.inference_mode():
-        eager = engine.model(engine.stage(images))
+    out, eager = compiled_and_eager(engine, 3)  # a batch of 3 must run as bucket 4
     assert out.probs is not None and eager.logits is not None
     assert out.probs.shape == (3, 10) and out.embeddings.shape == (3, 48)
     torch.testing.assert_close(out.probs, eager.logits.softmax(-1), atol=1e-5, rtol=1e-4)
@@ -38,11 +45,7 @@ def test_compiled_buckets_cover_the_families(name: str, tmp_path: Path) -> None:
     save(next(c for c in CASES if c.name == name), tmp_path)
     engine = Engine.from_settings(tiny_settings(checkpoint=str(tmp_path), compile=True))
     engine.warmup(2)
-    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(2)]
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        out = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images))).result()
-    with torch.inference_mode():
-        eager = engine.model(engine.stage(images))
+    out, eager = compiled_and_eager(engine, 2)
     torch.testing.assert_close(out.embeddings, eager.embedding, atol=1e-5, rtol=1e-4)
     if eager.logits is not None:
         assert out.probs is not None
@@ -54,11 +57,7 @@ def test_an_int8_engine_is_compiled_and_computes_as_the_eager_int8_model() -> No
     engine = Engine.from_settings(tiny_settings(quantize="int8", max_batch_size=2))
     assert engine.compiled and engine.card.dtype == "int8" and "VIT_QUANTIZE=int8" in engine.card.dtype_reason
     engine.warmup(2)
-    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(2)]
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        out = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images))).result()
-    with torch.inference_mode():
-        eager = engine.model(engine.stage(images))
+    out, eager = compiled_and_eager(engine, 2)
     cosine = torch.nn.functional.cosine_similarity(out.embeddings, eager.embedding)
     assert cosine.min() >= 0.999
 
