@@ -5,18 +5,16 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
-from typing import Any
 
 from fastapi import FastAPI
-from fastapi.openapi.utils import get_openapi
 from fastapi_offline import FastAPIOffline
 
 from service import __version__, lifecycle
 from service.engine import Engine
 from service.http import ops, v1, v2
-from service.http.access import BEARER
 from service.http.error_handlers import install_error_handlers
 from service.http.middleware import RequestContext
+from service.http.openapi import openapi
 from service.lifecycle import ServiceState
 from service.settings import Settings
 
@@ -64,21 +62,5 @@ def create_app(
         app.include_router(module.router)
     install_error_handlers(app, state.metrics)
     app.add_middleware(RequestContext, metrics=state.metrics)
-    app.openapi = lambda: _openapi(app, secured=bool(settings.api_keys))  # type: ignore[method-assign]
+    app.openapi = lambda: openapi(app, settings, state.card)  # type: ignore[method-assign]
     return app
-
-
-def _openapi(app: FastAPI, secured: bool) -> dict[str, Any]:
-    """FastAPI's schema, true to these settings: with VIT_API_KEYS, the bearer scheme that the
-    model routes name (keys are checked in service/http/access.py, not by a FastAPI dependency
-    that would declare it); without, no route asks for a key."""
-    if app.openapi_schema is None:
-        schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
-        if secured:
-            schema.setdefault("components", {})["securitySchemes"] = BEARER
-        else:
-            for operations in schema["paths"].values():
-                for operation in operations.values():
-                    operation.pop("security", None)
-        app.openapi_schema = schema
-    return app.openapi_schema

@@ -21,10 +21,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from service.engine.card import ModelCard
 from service.errors import InvalidParameter, invalid_parameter
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
-_SECONDS = re.compile(r"[0-9]{1,9}(\.[0-9]{1,9})?")
+# A positive decimal: a nonzero digit before the point, or after it (the OpenAPI schema says the same).
+_SECONDS = re.compile(r"[0-9]{0,8}[1-9][0-9]{0,8}(\.[0-9]{1,9})?|[0-9]{1,9}\.[0-9]{0,8}[1-9][0-9]{0,8}")
 
 
 def _integer(text: str) -> int:
@@ -51,7 +53,7 @@ def parse_seconds(name: str, text: str | None) -> float | None:
     """A header's positive number of seconds (ASCII decimal), None when absent; 422 otherwise."""
     if text is None:
         return None
-    if not _SECONDS.fullmatch(text) or float(text) <= 0:
+    if not _SECONDS.fullmatch(text):
         raise InvalidParameter(f"{name} must be a positive number of seconds in ASCII digits, like 2 or 0.5")
     return float(text)
 
@@ -105,7 +107,8 @@ def _query_types(model: type[BaseModel]) -> dict[str, list[str]]:
 
 def from_query(model: type[BaseModel], query: Mapping[str, str]) -> dict[str, Any]:
     """The query parameters `model` declares, as the JSON values they spell (others are ignored);
-    a spelling that is not one is a 422 naming it, before the body is read."""
+    a spelling that is not one, or a value out of its bounds, is a 422 naming it, before the body
+    is read (even where a body field would override it: every value given is valid)."""
     values = {}
     for name, kinds in _query_types(model).items():
         text = query.get(name)
@@ -116,14 +119,41 @@ def from_query(model: type[BaseModel], query: Mapping[str, str]) -> dict[str, An
                 if "string" not in kinds:
                     raise InvalidParameter(f"{name}: {exc}") from None
                 values[name] = text  # a field that also takes a word (layer=final): validated with the rest
+    try:
+        model.model_validate(values)
+    except ValidationError as exc:
+        raise invalid_parameter(exc.errors()) from None
     return values
+
+
+def check_bounds(card: ModelCard, values: Mapping[str, Any]) -> None:
+    """The bounds that are the served model's (the OpenAPI schema states them once it is loaded,
+    service/http/openapi.py): `top_k` up to its classes, `layer` within its depth (or `final`),
+    `dimensions` its embedding size; a 422 naming the first one out of them."""
+    cfg = card.cfg
+    top_k, layer, dimensions = values.get("top_k"), values.get("layer"), values.get("dimensions")
+    if top_k is not None and top_k > cfg.num_classes:
+        raise InvalidParameter(f"top_k: must be at most {cfg.num_classes}, the number of classes")
+    if layer is not None:
+        try:
+            cfg.layer_index(layer)
+        except ValueError as exc:
+            raise InvalidParameter(str(exc)) from None  # "layer 3 is outside -3..2 (or 'final')"
+    if dimensions is not None and dimensions != cfg.embedding_dim:
+        raise InvalidParameter(f"dimensions: this model's embeddings have {cfg.embedding_dim}")
 
 
 def merge(model: type[BaseModel], query: dict[str, Any], body: dict[str, Any]) -> Any:
     """Query values (from `from_query`), overridden by JSON body fields; one 422 naming the
-    first bad one."""
+    first bad one. A JSON number without a fraction (3.0) is an integer, as JSON Schema has it."""
+    types = _query_types(model)
+    integral = {
+        name: int(value)
+        for name, value in body.items()
+        if isinstance(value, float) and value.is_integer() and "integer" in types.get(name, [])
+    }
     try:
-        return model.model_validate({**query, **body})
+        return model.model_validate({**query, **body, **integral})
     except ValidationError as exc:
         raise invalid_parameter(exc.errors()) from None
 
@@ -144,7 +174,7 @@ def openapi_parameters(model: type[BaseModel] | None) -> list[dict[str, Any]]:
             "name": "X-Request-Timeout",
             "in": "header",
             "required": False,
-            "schema": {"type": "string", "pattern": _SECONDS.pattern},
+            "schema": {"type": "string", "pattern": f"^(?:{_SECONDS.pattern})$"},  # JSON Schema: a search
             "description": "seconds (ASCII decimal); may only shorten the server's deadline",
         }
     )

@@ -116,43 +116,50 @@ class V2Error(BaseModel):
     error: str
 
 
-_NATIVE_JSON: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "images": {"type": "array", "items": {"type": "string"}, "description": "base64 or data URLs"},
-    },
-    "required": ["images"],
-}
+# An image in JSON: OpenAPI's `byte` format (base64) of an image file; a data: URL is accepted too.
+_IMAGE_STRING = {"type": "string", "format": "byte", "description": "an image file, base64-encoded, or a data: URL"}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
-_IMAGE_CONTENT: dict[str, Any] = {
-    "image/jpeg": _BINARY,
-    "image/png": _BINARY,
-    "application/octet-stream": _BINARY,
-    "multipart/form-data": {
-        "schema": {
-            "type": "object",
-            "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}}},
-            "required": ["image"],
-        }
-    },
-    "application/json": {"schema": _NATIVE_JSON},
-}
-_OPENAI_FORM: dict[str, Any] = {
-    "type": "object",
-    "properties": {
-        "model": {"type": "string"},
-        "input": {
-            "oneOf": [{"type": "string"}, {"type": "array", "items": {"type": "string"}}],
-            "description": "data URLs or base64 images",
-        },
-        "encoding_format": {"type": "string", "enum": ["float", "base64"]},
-    },
-    "required": ["model", "input"],
-}
-IMAGE_BODY = {"requestBody": {"required": True, "content": _IMAGE_CONTENT}}
-EMBEDDINGS_BODY = {
-    "requestBody": {
-        "required": True,
-        "content": _IMAGE_CONTENT | {"application/json": {"schema": {"oneOf": [_NATIVE_JSON, _OPENAI_FORM]}}},
+
+
+def _fields(params: type[BaseModel]) -> dict[str, Any]:
+    """A params model's fields as JSON body properties (the body may carry the query's parameters)."""
+    properties = params.model_json_schema()["properties"]
+    return {name: {k: v for k, v in schema.items() if k != "title"} for name, schema in properties.items()}
+
+
+def image_body(params: type[BaseModel], openai: type[BaseModel] | None = None) -> dict[str, Any]:
+    """The request body of a /v1 image route whose parameters `params` declares: a raw image, a
+    multipart form of `image` parts, or JSON `images` with the parameters as fields (nothing
+    else: unknown fields are refused); with `openai`, also OpenAI's embeddings request. The
+    counts (VIT_MAX_IMAGES_PER_REQUEST) are set per service, by service/http/openapi.py."""
+    images = {"type": "array", "items": _IMAGE_STRING, "minItems": 1}
+    native = {
+        "type": "object",
+        "properties": {"images": images} | _fields(params),
+        "required": ["images"],
+        "additionalProperties": False,
     }
-}
+    json_schema: dict[str, Any] = native
+    if openai is not None:
+        single = _IMAGE_STRING | {"description": "one image: base64 or a data: URL"}
+        inputs = {"anyOf": [single, {"type": "array", "items": _IMAGE_STRING, "minItems": 1}]}
+        form = {
+            "type": "object",
+            "properties": {"input": inputs} | _fields(openai),
+            "required": ["input", "model"],
+            "additionalProperties": False,
+        }
+        json_schema = {"oneOf": [native, form]}
+    multipart = {
+        "type": "object",
+        "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}},
+        "required": ["image"],
+    }
+    content = {
+        "image/jpeg": _BINARY,
+        "image/png": _BINARY,
+        "application/octet-stream": _BINARY,
+        "multipart/form-data": {"schema": multipart},
+        "application/json": {"schema": json_schema},
+    }
+    return {"requestBody": {"required": True, "content": content}}

@@ -19,6 +19,7 @@ from service.params import (
     EmbeddingParams,
     FeatureParams,
     OpenAIEmbeddingParams,
+    check_bounds,
     from_query,
     merge,
     openapi_parameters,
@@ -41,15 +42,19 @@ async def receive(
     `openai_model` for OpenAI's `input` form, which only a route that gives one accepts."""
     deadline = deadline_of(request, serving.settings)
     query = from_query(params_model, request.query_params)
+    check_bounds(serving.card, query)
     parsed = await read_images(request, serving, deadline)
     if parsed.openai and openai_model is None:
         raise InvalidRequest(f'"input" is the OpenAI embeddings form, for /v1/embeddings; {endpoint} takes "images"')
     model = openai_model if parsed.openai and openai_model is not None else params_model
-    return parsed.images, merge(model, query, parsed.params), deadline
+    params = merge(model, query, parsed.params)
+    check_bounds(serving.card, vars(params))
+    return parsed.images, params, deadline
 
 
-def _route(params: type[BaseModel], body: dict[str, Any] = schemas.IMAGE_BODY) -> dict[str, Any]:
+def _route(params: type[BaseModel], openai: type[BaseModel] | None = None) -> dict[str, Any]:
     """What an image route declares: its parameters, the body forms, errors and the bearer key."""
+    body = schemas.image_body(params, openai)
     return {"responses": ERRORS, "openapi_extra": {"parameters": openapi_parameters(params), **body, **SECURED}}
 
 
@@ -63,8 +68,6 @@ async def classify(request: Request) -> JSONResponse:
         endpoint = "/v1/classify"
         images, params, deadline = await receive(request, serving, endpoint, ClassifyParams)
         k = params.top_k or min(5, len(labels))
-        if k > len(labels):
-            raise InvalidParameter(f"top_k: must be at most {len(labels)}, the number of classes")
         results = await compute(request, serving, endpoint, images, deadline)
     out = []
     for result in results:
@@ -85,7 +88,7 @@ async def classify(request: Request) -> JSONResponse:
 @router.post(
     "/v1/embeddings",
     response_model=schemas.EmbeddingsResponse | schemas.OpenAIEmbeddingsResponse,
-    **_route(EmbeddingParams, schemas.EMBEDDINGS_BODY),
+    **_route(EmbeddingParams, OpenAIEmbeddingParams),
 )
 async def embeddings(request: Request) -> JSONResponse:
     """Each image's embedding, as the model's family defines it (y = LN(z_L⁰) for a ViT; see
@@ -99,8 +102,6 @@ async def embeddings(request: Request) -> JSONResponse:
         openai = isinstance(params, OpenAIEmbeddingParams)
         if openai:
             require_model(card, params.model)
-            if params.dimensions is not None and params.dimensions != card.cfg.embedding_dim:
-                raise InvalidParameter(f"dimensions: this model's embeddings have {card.cfg.embedding_dim}")
         results = await compute(request, serving, endpoint, images, deadline)
     vectors = []
     for result in results:
@@ -128,10 +129,6 @@ async def features(request: Request) -> JSONResponse:
     async with admit(request) as serving:
         endpoint = "/v1/features"
         images, params, deadline = await receive(request, serving, endpoint, FeatureParams)
-        try:
-            serving.card.cfg.layer_index(params.layer)  # the model's own bounds: 0 … L, or -(L+1) … -1
-        except ValueError as exc:
-            raise InvalidParameter(str(exc)) from None  # "layer 3 is outside -3..2"
         results = await compute(request, serving, endpoint, images, deadline, params.layer)
     dtype_code = "<f2" if params.dtype == "float16" else "<f4"
     data = []

@@ -45,12 +45,17 @@ async def test_an_integer_query_is_ascii_digits_only(client: httpx.AsyncClient, 
 
 @pytest.mark.parametrize(
     "field",
-    [{"top_k": True}, {"top_k": 3.0}, {"top_k": "3"}, {"top_k": 2**70}],
-    ids=["bool", "float", "string", "huge"],
+    [{"top_k": True}, {"top_k": 3.5}, {"top_k": "3"}, {"top_k": 2**70}],
+    ids=["bool", "fraction", "string", "huge"],
 )
 async def test_a_json_integer_is_a_json_integer(client: httpx.AsyncClient, field: dict) -> None:
     response = await client.post("/v1/classify", json={"images": [B64], **field})
     assert response.status_code == 422 and response.json()["error"]["type"] == "invalid_parameter"
+
+
+async def test_a_json_number_without_a_fraction_is_an_integer_as_json_schema_says(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/classify", json={"images": [B64], "top_k": 3.0})
+    assert len(response.json()["results"][0]["predictions"]) == 3
 
 
 @pytest.mark.parametrize("value", ["true", 1, None], ids=["string", "int", "null"])
@@ -66,7 +71,7 @@ async def test_the_one_spelling_is_accepted(client: httpx.AsyncClient) -> None:
     assert (await client.post("/v1/features?layer=-2", **RAW)).status_code == 200
 
 
-@pytest.mark.parametrize("value", ["1_0", "nan", "inf", "1e3", " 2", "0x10"])
+@pytest.mark.parametrize("value", ["1_0", "nan", "inf", "1e3", " 2", "0x10", "0", "0.000", "-1"])
 async def test_the_timeout_header_is_an_ascii_decimal(client: httpx.AsyncClient, value: str) -> None:
     response = await client.post(
         "/v1/classify", content=PNG, headers={"content-type": "image/png", "x-request-timeout": value}

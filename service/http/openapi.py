@@ -1,0 +1,78 @@
+"""/openapi.json that tells the truth: what this service, with these settings and this model,
+accepts, so that a client generated from it, or a fuzzer, never meets a refusal the schema
+did not announce (docs/API.md, OpenAPI).
+
+FastAPI's schema knows the routes; the rest is known only here: the bearer scheme when
+VIT_API_KEYS is set (keys are checked in service/http/access.py, not by a FastAPI dependency
+that would declare it), the image counts of VIT_MAX_IMAGES_PER_REQUEST, and, once the model is
+loaded, its bounds: `top_k` up to its classes, `layer` within its depth, OpenAI's `dimensions`
+equal to its embedding size. Until then the schema is served without the model's bounds and
+not kept, so that the first request after loading gets the full one.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from fastapi import FastAPI
+from fastapi.openapi.utils import get_openapi
+
+from service.engine import ModelCard
+from service.http.access import BEARER
+from service.settings import Settings
+
+
+def openapi(app: FastAPI, settings: Settings, card: ModelCard | None) -> dict[str, Any]:
+    """The schema of `app` for `settings` and the served model (`card`, None while loading)."""
+    if app.openapi_schema is not None:
+        return app.openapi_schema
+    schema = get_openapi(title=app.title, version=app.version, summary=app.summary, routes=app.routes)
+    if settings.api_keys:
+        schema.setdefault("components", {})["securitySchemes"] = BEARER
+    else:
+        for operation in _operations(schema):
+            operation.pop("security", None)
+    for operation in _operations(schema):
+        for fields in _body_fields(operation):
+            for name in ("images", "input", "image"):
+                _bound(fields.get(name), "array", maxItems=settings.max_images_per_request)
+        if card is not None:
+            _bound_to_model(operation, card)
+    if card is not None:
+        app.openapi_schema = schema
+    return schema
+
+
+def _bound_to_model(operation: dict[str, Any], card: ModelCard) -> None:
+    cfg = card.cfg
+    fields = [{p["name"]: p["schema"] for p in operation.get("parameters", []) if p["in"] == "query"}]
+    for properties in [*fields, *_body_fields(operation)]:
+        if cfg.num_classes:
+            _bound(properties.get("top_k"), "integer", maximum=cfg.num_classes)
+        _bound(properties.get("layer"), "integer", minimum=-(cfg.depth + 1), maximum=cfg.depth)
+        _bound(properties.get("dimensions"), "integer", minimum=cfg.embedding_dim, maximum=cfg.embedding_dim)
+
+
+def _operations(schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    for methods in schema["paths"].values():
+        yield from methods.values()
+
+
+def _body_fields(operation: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The properties of each JSON and multipart body form of `operation`."""
+    for media in operation.get("requestBody", {}).get("content", {}).values():
+        body = media.get("schema", {})
+        for form in body.get("oneOf", [body]):
+            if "properties" in form:
+                yield form["properties"]
+
+
+def _bound(schema: dict[str, Any] | None, kind: str, **bounds: int) -> None:
+    """Add `bounds` to `schema`, or to its branch of type `kind` (a field that may also be null,
+    a word, or, for OpenAI's `input`, a single string)."""
+    if schema is None:
+        return
+    for branch in schema.get("anyOf", [schema]):
+        if branch.get("type") == kind:
+            branch.update(bounds)
