@@ -110,7 +110,7 @@ def main(argv: list[str] | None = None) -> None:
             int8 = name == "int8"
             dtype = torch.float32 if int8 else getattr(torch, name)
             for row in measure(args.model, "cpu", dtype, batches, bool(compiled), args.seconds, int8=int8):
-                batch, rate = int(row["batch_size"]), float(row["images_per_s"])  # type: ignore[arg-type]
+                batch, rate = int(row["batch_size"]), float(row["images_per_s"])  # type: ignore[call-overload, arg-type]
                 base.setdefault(batch, rate)  # the first variant is the reference
                 print(
                     f"round {round_ + 1} {variant:18} batch {batch:3}: {rate:7.1f} images/s, × {rate / base[batch]:.2f}"

@@ -9,7 +9,8 @@ FastAPI's parameter declarations: one declaration, and no per-request dependency
 Lax parsing turns `normalize=yes`, `top_k=1_0`, `"top_k": true` or a Unicode digit into values
 the client may not have meant, so numbers and booleans are accepted in one spelling each: in the
 query, booleans `true`/`false` and integers ASCII digits with an optional minus sign; in a JSON
-body, JSON values of the declared type (pydantic's strict mode); in headers, ASCII decimals.
+body, JSON values of the declared type (pydantic's strict mode; a number without a fraction is
+an integer, as JSON Schema has it); in headers, ASCII decimals.
 """
 
 from __future__ import annotations

@@ -58,8 +58,12 @@ def test_this_is_the_schema_the_running_service_serves(base_url: str) -> None:
     assert httpx.get(f"{base_url}/openapi.json").json() == SERVED
 
 
+# 40 examples an operation in CI; FUZZ_EXAMPLES=250 (about 20 s here) for a deeper run.
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "40"))
+
+
 @schema.parametrize()
-@settings(max_examples=int(os.environ.get("FUZZ_EXAMPLES", "40")), deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 def test_every_check_of_the_schema_holds(case, base_url: str) -> None:
     """All of schemathesis's checks: a request the schema calls valid is accepted, one it calls
     invalid is refused, and every response (status, headers, body) is the one declared."""
