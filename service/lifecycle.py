@@ -54,12 +54,9 @@ async def start(state: ServiceState, engine_factory: Callable[[Settings], Engine
         settings = state.settings
         engine = await asyncio.to_thread(engine_factory, settings)
         state.engine, state.card = engine, engine.card
-        resolved = state.resolved = settings.resolve(engine.device.type)
-        await asyncio.to_thread(engine.warmup, resolved.max_batch_size)
+        state.batcher, resolved = await warm_up(engine, settings, state.metrics)
+        state.resolved = resolved
         await _start_decoding(state, engine.card, resolved)
-        batcher = make_batcher(engine, settings, resolved, state.metrics)
-        batcher.start()
-        state.batcher = batcher
         _turn_ready(state, engine.card, resolved)
     except Exception:
         state.status = "failed"
@@ -92,6 +89,16 @@ async def _connect(settings: Settings, path: str) -> EngineClient:
             return await EngineClient.connect(path, arena_bytes)
         except (FileNotFoundError, ConnectionRefusedError):  # the engine is still loading
             await asyncio.sleep(0.1)
+
+
+async def warm_up(engine: Engine, settings: Settings, metrics: Metrics) -> tuple[Batcher[torch.Tensor], Resolved]:
+    """Run every batch-size bucket once (compiling each, on a compiled engine), then start the
+    batcher that feeds `engine`: in this process, or in the engine process (VIT_WORKERS > 1)."""
+    resolved = settings.resolve(engine.device.type)
+    await asyncio.to_thread(engine.warmup, resolved.max_batch_size)
+    batcher = make_batcher(engine, settings, resolved, metrics)
+    batcher.start()
+    return batcher, resolved
 
 
 def make_batcher(engine: Engine, settings: Settings, resolved: Resolved, metrics: Metrics) -> Batcher[torch.Tensor]:

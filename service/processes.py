@@ -307,14 +307,11 @@ async def _run_engine(engine: Engine, settings: Settings, path: str) -> int:
     import torch
 
     from service.engine.remote import EngineServer
-    from service.lifecycle import make_batcher
+    from service.lifecycle import warm_up
     from service.metrics import Metrics
 
-    resolved = settings.resolve(engine.device.type)
-    await asyncio.to_thread(engine.warmup, resolved.max_batch_size)
     metrics = Metrics()
-    batcher = make_batcher(engine, settings, resolved, metrics)
-    batcher.start()
+    batcher, _ = await warm_up(engine, settings, metrics)
     stop = asyncio.Event()
     asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
     gc.freeze()  # as in service/lifecycle.py
