@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from bench.load import closed_loop
-from bench.procfs import is_decoder, process_tree
+from bench.procfs import cpu_model, is_decoder, process_tree
 from bench.systems import _free_port, _wait_healthy
 from bench.workload import jpeg
 from model.preprocess import PreprocessConfig, load_image, normalize
@@ -396,9 +396,7 @@ def _line(point: dict) -> str:
 
 
 def _machine() -> dict[str, Any]:
-    lines = Path("/proc/cpuinfo").read_text().splitlines()
-    model = next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.processor())
-    return {"cpu": model, "cores": os.cpu_count(), "python": platform.python_version()}
+    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def _plot(points: list[dict], path: Path, result: dict) -> None:

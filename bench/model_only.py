@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import argparse
 import datetime
-import platform
 import statistics
 import time
 
 import torch
 
+from bench.procfs import cpu_model
 from model.config import ViTConfig, preset
 from model.quantize import quantize_int8
 from model.vit import VisionTransformer
@@ -86,13 +86,6 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def _cpu_model() -> str:
-    for line in open("/proc/cpuinfo").read().splitlines():  # noqa: SIM115 - read once, closed by GC
-        if line.startswith("model name"):
-            return line.split(":", 1)[1].strip()
-    return platform.processor()
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.model_only", description=__doc__)
     parser.add_argument("--model", default="vit_small_patch16_224")
@@ -102,7 +95,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seconds", type=float, default=3.0)
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batch.split(",")]
-    print(f"{datetime.date.today()}, {_cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    print(f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
     for round_ in range(args.rounds):
         base: dict[int, float] = {}
         for variant in args.variants.split(","):

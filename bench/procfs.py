@@ -1,10 +1,18 @@
 """A process and its descendants (vit-serve, its front-ends, engine and decode processes), read
-from /proc/<pid>/stat."""
+from /proc/<pid>/stat; and the CPU every figure is named with, from /proc/cpuinfo."""
 
 from __future__ import annotations
 
 import os
+import platform
 from collections.abc import Iterator
+from pathlib import Path
+
+
+def cpu_model() -> str:
+    """The CPU's model name ("AMD EPYC", …), which every benchmark figure names."""
+    lines = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").exists() else []
+    return next((line.split(":", 1)[1].strip() for line in lines if "model name" in line), platform.processor())
 
 
 def process_tree(pid: int) -> Iterator[tuple[int, list[str]]]:
