@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from model.config import ViTConfig
 from service.engine.card import ModelCard
 from service.errors import InvalidParameter, invalid_parameter
 
@@ -127,21 +128,29 @@ def from_query(model: type[BaseModel], query: Mapping[str, str]) -> dict[str, An
     return values
 
 
+def model_bounds(cfg: ViTConfig) -> dict[str, tuple[int, int]]:
+    """The parameters whose bounds are the served model's, each (lowest, highest): `top_k` up to
+    its classes, `layer` within its depth (`final` aside), `dimensions` its embedding size. The
+    service checks them (`check_bounds`); the OpenAPI schema states them (service/http/openapi.py)."""
+    bounds = {"layer": (-(cfg.depth + 1), cfg.depth), "dimensions": (cfg.embedding_dim, cfg.embedding_dim)}
+    if cfg.num_classes:
+        bounds["top_k"] = (1, cfg.num_classes)
+    return bounds
+
+
+_OUT_OF_BOUNDS = {
+    "top_k": "top_k: must be at most {high}, the number of classes",
+    "layer": "layer {value} is outside {low}..{high} (or 'final')",
+    "dimensions": "dimensions: this model's embeddings have {high}",
+}
+
+
 def check_bounds(card: ModelCard, values: Mapping[str, Any]) -> None:
-    """The bounds that are the served model's (the OpenAPI schema states them once it is loaded,
-    service/http/openapi.py): `top_k` up to its classes, `layer` within its depth (or `final`),
-    `dimensions` its embedding size; a 422 naming the first one out of them."""
-    cfg = card.cfg
-    top_k, layer, dimensions = values.get("top_k"), values.get("layer"), values.get("dimensions")
-    if top_k is not None and top_k > cfg.num_classes:
-        raise InvalidParameter(f"top_k: must be at most {cfg.num_classes}, the number of classes")
-    if layer is not None:
-        try:
-            cfg.layer_index(layer)
-        except ValueError as exc:
-            raise InvalidParameter(str(exc)) from None  # "layer 3 is outside -3..2 (or 'final')"
-    if dimensions is not None and dimensions != cfg.embedding_dim:
-        raise InvalidParameter(f"dimensions: this model's embeddings have {cfg.embedding_dim}")
+    """`values` within the served model's bounds (`model_bounds`); a 422 naming the first one out."""
+    for name, (low, high) in model_bounds(card.cfg).items():
+        value = values.get(name)
+        if isinstance(value, int) and not low <= value <= high:
+            raise InvalidParameter(_OUT_OF_BOUNDS[name].format(value=value, low=low, high=high))
 
 
 def merge(model: type[BaseModel], query: dict[str, Any], body: dict[str, Any]) -> Any:

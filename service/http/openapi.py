@@ -5,9 +5,10 @@ did not announce (docs/API.md, OpenAPI).
 FastAPI's schema knows the routes; the rest is known only here: the bearer scheme when
 VIT_API_KEYS is set (keys are checked in service/http/access.py, not by a FastAPI dependency
 that would declare it), the image counts of VIT_MAX_IMAGES_PER_REQUEST, and, once the model is
-loaded, its bounds: `top_k` up to its classes, `layer` within its depth, OpenAI's `dimensions`
-equal to its embedding size. Until then the schema is served without the model's bounds and
-not kept, so that the first request after loading gets the full one.
+loaded, its bounds (`model_bounds` in service/params.py: `top_k` up to its classes, `layer`
+within its depth, OpenAI's `dimensions` equal to its embedding size), the table the service
+checks requests against too. Until then the schema is served without the model's bounds and not
+kept, so that the first request after loading gets the full one.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service.engine import ModelCard
 from service.http.access import BEARER
+from service.params import model_bounds
 from service.settings import Settings
 
 
@@ -45,13 +47,10 @@ def openapi(app: FastAPI, settings: Settings, card: ModelCard | None) -> dict[st
 
 
 def _bound_to_model(operation: dict[str, Any], card: ModelCard) -> None:
-    cfg = card.cfg
     fields = [{p["name"]: p["schema"] for p in operation.get("parameters", []) if p["in"] == "query"}]
     for properties in [*fields, *_body_fields(operation)]:
-        if cfg.num_classes:
-            _bound(properties.get("top_k"), "integer", maximum=cfg.num_classes)
-        _bound(properties.get("layer"), "integer", minimum=-(cfg.depth + 1), maximum=cfg.depth)
-        _bound(properties.get("dimensions"), "integer", minimum=cfg.embedding_dim, maximum=cfg.embedding_dim)
+        for name, (low, high) in model_bounds(card.cfg).items():
+            _bound(properties.get(name), "integer", minimum=low, maximum=high)
 
 
 def _operations(schema: dict[str, Any]) -> Iterator[dict[str, Any]]:
