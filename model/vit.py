@@ -175,11 +175,13 @@ class VisionTransformer(nn.Module):
     def reset_parameters(self) -> None:
         """timm-style initialisation: truncated normal (σ=0.02) weights, zero biases."""
         nn.init.trunc_normal_(self.pos_embed, std=0.02)
-        for name in self.prefix:
-            nn.init.normal_(getattr(self, name), std=1e-6)
-        for name in ("reg_token", "attn_pool.probe"):
-            if name in dict(self.named_parameters()):
-                nn.init.normal_(self.get_parameter(name), std=1e-6)
+        tokens = [getattr(self, name) for name in self.prefix]
+        if self.cfg.reg_tokens:
+            tokens.append(self.reg_token)
+        if self.cfg.pool == "map":
+            tokens.append(self.attn_pool.probe)
+        for token in tokens:
+            nn.init.normal_(token, std=1e-6)
         for module in self.modules():
             if isinstance(module, nn.Linear):
                 nn.init.trunc_normal_(module.weight, std=0.02)
