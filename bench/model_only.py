@@ -3,7 +3,8 @@
 `python -m bench.model_only --model vit_small_patch16_224 --batch 1,16 --rounds 2` times each
 variant (`float32`, `bfloat16`, with `+compile`, and `int8+compile`: VIT_QUANTIZE's model)
 round by round, interleaved, on random weights, and prints images/s with each variant's ratio to
-the first variant (float32 eager) in the same round. int8's fidelity is tested, not timed
+the first variant (float32 eager) in the same round, and each size's first pass (which compiles
+its graph, for a compiled variant: the start-up cost of one batch-size bucket). int8's fidelity is tested, not timed
 (tests/model/test_quantize.py).
 """
 
@@ -51,7 +52,11 @@ def measure(
     for batch in batch_sizes:
         x = torch.randn(batch, 3, cfg.image_size, cfg.image_size, device=device, dtype=dtype)
         with torch.inference_mode():
-            for _ in range(3):
+            begin = time.perf_counter()
+            forward(x)  # the first pass at this size: compiles its graph, when compiled
+            _sync(device)
+            first_s = time.perf_counter() - begin
+            for _ in range(2):
                 forward(x)
             _sync(device)
             passes: list[float] = []
@@ -73,6 +78,7 @@ def measure(
                 "batch_size": batch,
                 "images_per_s": per_s,
                 "batch_ms": 1000 * batch_s,
+                "first_pass_s": first_s,
                 "passes": len(passes),
                 "tflops": flops / 1e12,
                 "mfu": flops / (peak_tflops * 1e12) if peak_tflops else None,
@@ -104,9 +110,11 @@ def main(argv: list[str] | None = None) -> None:
             dtype = torch.float32 if int8 else getattr(torch, name)
             for row in measure(args.model, "cpu", dtype, batches, bool(compiled), args.seconds, int8=int8):
                 batch, rate = int(row["batch_size"]), float(row["images_per_s"])  # type: ignore[call-overload, arg-type]
+                first = float(row["first_pass_s"])  # type: ignore[arg-type]
                 base.setdefault(batch, rate)  # the first variant is the reference
                 print(
                     f"round {round_ + 1} {variant:18} batch {batch:3}: {rate:7.1f} images/s, × {rate / base[batch]:.2f}"
+                    f" (first pass {first:.1f} s)"
                 )
 
 

@@ -147,7 +147,9 @@ class Settings(BaseSettings):
     @model_validator(mode="after")
     def _int8_is_compiled_float32(self) -> Settings:
         if self.quantize == "int8" and self.compile is False:
-            raise ValueError("VIT_QUANTIZE=int8 needs VIT_COMPILE: torchao's int8 is slower than float32 uncompiled")
+            raise ValueError(
+                "VIT_QUANTIZE=int8 needs VIT_COMPILE: uncompiled, torchao's int8 is no faster than float32"
+            )
         if self.quantize == "int8" and self.dtype not in ("auto", "float32"):
             raise ValueError(f"VIT_QUANTIZE=int8 keeps float32 outside the blocks' matrix products; not {self.dtype}")
         return self
