@@ -179,27 +179,21 @@ class Engine:
         return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
     def stage(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """(3, S, S) images -> a normalised batch on the device, channels-last (NHWC in memory).
+        """(3, S, S) images -> a normalised batch on the device.
 
-        uint8 images are pixels, decoded (S, S, 3) arrays seen as (3, S, S): they are stacked as
-        they lie (one copy each) and normalised in memory order, and the patch embedding's
-        convolution takes the batch in that layout. On CUDA the uint8 batch goes through pinned
-        memory with a non-blocking copy (a quarter of the bytes of float32) and is normalised on
-        the GPU. float32 ones (an already-normalised tensor sent to /v2) are taken as they are,
-        in the same layout, so that a compiled model always sees one.
+        uint8 images are pixels and get normalised; float32 ones (an already-normalised tensor
+        sent to /v2) are taken as they are. On CUDA the batch goes through pinned memory with a
+        non-blocking copy (uint8: a quarter of the bytes of float32) and is normalised on the GPU.
         """
         if any(image.dtype != torch.uint8 for image in images):
-            batch = torch.stack(
-                [
-                    self.stage([image])[0] if image.dtype == torch.uint8 else image.to(self.device, self.dtype)
-                    for image in images
-                ]
-            )
-            return batch.contiguous(memory_format=torch.channels_last)
-        pixels = torch.stack([image.permute(1, 2, 0) for image in images])  # (B, S, S, 3)
+            return torch.stack(
+                [self.stage([image])[0] if image.dtype == torch.uint8 else image for image in images]
+            ).to(self.device, self.dtype)
         if self.device.type == "cuda":
-            pixels = pixels.pin_memory().to(self.device, non_blocking=True)
-        return normalize(pixels.permute(0, 3, 1, 2), self.preprocess.mean, self.preprocess.std, self.dtype)
+            batch = torch.stack(images).pin_memory().to(self.device, non_blocking=True)
+        else:  # decoded images are (3, S, S) views of (S, S, 3) arrays: stacked as those, one copy each
+            batch = torch.stack([image.permute(1, 2, 0) for image in images]).permute(0, 3, 1, 2)
+        return normalize(batch, self.preprocess.mean, self.preprocess.std, self.dtype)
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor, hidden_layers: Sequence[Layer] = ()) -> BatchOutput:
@@ -229,11 +223,8 @@ class Engine:
         compiled = self.compiled and not hidden_layers
         if compiled:
             bucket = next((b for b in self.buckets if b >= size), size)
-            if bucket > size:  # zeros, in stage's layout: a graph is specialised to strides too
-                shape, fmt = (bucket, *pixels.shape[1:]), torch.channels_last
-                padded = torch.empty(shape, dtype=pixels.dtype, device=pixels.device, memory_format=fmt)
-                padded[:size], padded[size:] = pixels, 0
-                pixels = padded
+            if bucket > size:
+                pixels = torch.cat([pixels, pixels.new_zeros(bucket - size, *pixels.shape[1:])])
         with self._lock:
             out = self._forward(pixels) if compiled else self.model(pixels, hidden_layers)
             probs = out.logits[:size].float().softmax(dim=-1).cpu() if out.logits is not None else None

@@ -157,20 +157,6 @@ def test_normalize_runs_in_the_requested_dtype() -> None:
     assert out.dtype == torch.bfloat16 and out[0, 0, 0].tolist() == [-1.0, 1.0]
 
 
-def test_normalize_keeps_a_channels_last_batch_channels_last_and_exact() -> None:
-    """The engine stages decoded (S, S, 3) images as a channels-last batch, normalised row by row
-    in memory order; the values are the contiguous path's and the formula's."""
-    pixels = torch.randint(0, 256, (3, 5, 7, 3), dtype=torch.uint8)  # (B, H, W, C): not square
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    channels_last = normalize(pixels.permute(0, 3, 1, 2), mean, std)
-    contiguous = normalize(pixels.permute(0, 3, 1, 2).contiguous(), mean, std)
-    m, s = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (mean, std))
-    reference = (pixels.permute(0, 3, 1, 2).double() / 255 - m) / s
-    assert channels_last.is_contiguous(memory_format=torch.channels_last) and contiguous.is_contiguous()
-    for out in (channels_last, contiguous):
-        torch.testing.assert_close(out.double(), reference, rtol=0, atol=1e-5)
-
-
 def test_an_extreme_aspect_ratio_is_resized_without_a_huge_intermediate() -> None:
     """1×1,000,000 scaled for a crop would be ~248×248,000,000 pixels first; squashed, 224×1,000,000."""
     tall = encode(Image.new("RGB", (1, 1_000_000), (10, 200, 30)), "PNG")

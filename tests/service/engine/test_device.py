@@ -36,20 +36,6 @@ def test_a_compiled_engine_pads_every_batch_to_a_warmed_bucket_and_never_recompi
     torch.testing.assert_close(out.embeddings, eager.embedding, atol=1e-5, rtol=1e-4)
 
 
-def test_a_compiled_engine_runs_v2_tensors_and_pixels_together_on_its_warmed_graphs() -> None:
-    """/v2 may send normalised float32 tensors, batched with decoded pixels: staged in the same
-    layout, they run on the graphs compiled at start-up."""
-    engine = Engine.from_settings(tiny_settings(compile=True))
-    engine.warmup(2)
-    pixels = torch.randint(0, 256, (32, 32, 3), dtype=torch.uint8).permute(2, 0, 1)
-    tensor = engine.stage([torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)])[0].contiguous()
-    with torch._dynamo.config.patch(error_on_recompile=True):
-        out = engine.torch_thread.submit(lambda: engine.forward(engine.stage([pixels, tensor]))).result()
-    with torch.inference_mode():
-        eager = engine.model(torch.stack([engine.stage([pixels])[0], tensor]))
-    torch.testing.assert_close(out.embeddings, eager.embedding, atol=1e-5, rtol=1e-4)
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["SiglipVisionModel", "Dinov2WithRegistersModel", "DeiTForImageClassificationWithTeacher"]
