@@ -186,9 +186,12 @@ class Engine:
         non-blocking copy (uint8: a quarter of the bytes of float32) and is normalised on the GPU.
         """
         if any(image.dtype != torch.uint8 for image in images):
-            return torch.stack(
-                [self.stage([image])[0] if image.dtype == torch.uint8 else image for image in images]
-            ).to(self.device, self.dtype)
+            return torch.stack(  # each on the device first: staged pixels are there already
+                [
+                    self.stage([image])[0] if image.dtype == torch.uint8 else image.to(self.device, self.dtype)
+                    for image in images
+                ]
+            )
         if self.device.type == "cuda":
             batch = torch.stack(images).pin_memory().to(self.device, non_blocking=True)
         else:  # decoded images are (3, S, S) views of (S, S, 3) arrays: stacked as those, one copy each

@@ -51,3 +51,16 @@ def test_compiled_buckets_and_hidden_states_on_the_gpu() -> None:
     assert out.embeddings.shape == (3, 48)
     hidden = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images), [-2])).result().hidden[-2]
     assert hidden.shape == (3, 17, 48) and hidden.device.type == "cpu"
+
+
+def test_a_batch_of_v2_tensors_and_pixels_is_staged_on_the_gpu() -> None:
+    """/v2 may send normalised float32 tensors (on the host), batched with pixels that staging
+    puts on the GPU: both must end up there, or the whole batch fails."""
+    from service.engine import Engine
+    from service.settings import Settings
+
+    engine = Engine.from_settings(Settings(_env_file=None, model="vit_test_tiny", device="cuda", compile=False))
+    pixels = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    staged = engine.stage([pixels, torch.randn(3, 32, 32)])
+    assert staged.device.type == "cuda" and staged.shape == (2, 3, 32, 32)
+    torch.testing.assert_close(staged[0], engine.stage([pixels])[0])
