@@ -115,9 +115,14 @@ def main(argv: list[str] | None = None) -> None:
             key = (point["round"], point["target"].removeprefix("classify "), point["concurrency"], point["workers"])
             floor = floors.get(key)
             shown = f"; a bare uvicorn app that only decodes: {floor['cpu_over_decode']:.2f} ×" if floor else ""
+            parts = ""
+            if point["workers"] == 1:
+                loop, decoders = point["event_loop_cpu_ms_per_request"], point["decode_processes_cpu_ms_per_request"]
+                other = point["server_cpu_ms_per_request"] - loop - decoders
+                parts = f" (event loop {loop:.2f}, engine thread {other:.2f}, decode processes {decoders:.2f})"
             print(
                 f"{point['target']} c={point['concurrency']} workers={point['workers']}:"
-                f" server CPU {point['server_cpu_ms_per_request']:.2f} ms"
+                f" server CPU {point['server_cpu_ms_per_request']:.2f} ms{parts}"
                 f" per request = {point['cpu_over_decode']:.2f} × decode+resize+normalise"
                 f" ({point['decode_ms']:.2f} ms);"
                 f" the null model's forward pass: {point['model_ms_per_request']:.2f} ms an image"
@@ -192,17 +197,21 @@ def _point(
     in-process decode cost beside it; for vit-serve, its mean batch from /metrics too."""
     decode_ms = [_decode_ms(body)] if body is not None else []  # beside the load: the host drifts
     batches_before = _batch_totals(url) if vit_serve else (0.0, 0.0)  # outside the CPU window
-    engine_before = _engine_seconds(pid)
+    engine_before, loop_before = _engine_seconds(pid), _main_thread_seconds(pid)
     load, main_ms, decode_processes_ms = _measured_load(
         pid, url + path, body, concurrency, args.duration, args.pin_client, tmp
     )
     engine_ms = (_engine_seconds(pid) - engine_before) * 1000 / max(1, load["requests"])
+    loop_ms = (_main_thread_seconds(pid) - loop_before) * 1000 / max(1, load["requests"])
     batches_after = _batch_totals(url) if vit_serve else (0.0, 0.0)
     batches, images = (batches_after[i] - batches_before[i] for i in (0, 1))
     point: dict[str, Any] = {"target": name, "concurrency": concurrency, **load}
     point["server_cpu_ms_per_request"] = main_ms + decode_processes_ms
     point["decode_processes_cpu_ms_per_request"] = decode_processes_ms
     point["engine_process_cpu_ms_per_request"] = engine_ms  # with VIT_WORKERS > 1; else 0
+    # One process: its event loop, apart from its other threads (the engine's torch thread). A
+    # group's first process is its supervisor, whose loop does nothing per request.
+    point["event_loop_cpu_ms_per_request"] = loop_ms
     point["mean_batch_size"] = images / batches if batches else 0.0
     if body is not None:
         point["decode_ms"] = statistics.mean([*decode_ms, _decode_ms(body)])
@@ -297,6 +306,13 @@ def _engine_seconds(pid: int) -> float:
             if Path(f"/proc/{process}/comm").read_text().strip() == "vit-engine":
                 seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     return seconds
+
+
+def _main_thread_seconds(pid: int) -> float:
+    """CPU seconds of the main thread of process `pid`: for one vit-serve process, its event loop."""
+    with open(f"/proc/{pid}/task/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _batch_totals(url: str) -> tuple[float, float]:

@@ -65,10 +65,12 @@ def test_the_ceiling_benchmark_runs(tmp_path) -> None:
     assert scaling and scaling <= {(size, c, (1, 2)) for size in ("224", "500x375") for c in (1, 16)}
     two = [p for p in result["points"] if p["target"].startswith("classify") and p["workers"] == 2]
     assert all(p["engine_process_cpu_ms_per_request"] > 0 for p in two)  # the group's engine process was found
+    one = [p for p in result["points"] if p["target"].startswith("classify") and p["workers"] == 1]
+    assert all(0 < p["event_loop_cpu_ms_per_request"] < p["server_cpu_ms_per_request"] for p in one)
     assert all(p["errors"] == 0 and p["requests"] > 0 for p in result["points"])
     assert all(p["cpu_over_decode"] > 0 for p in result["points"] if p["target"].startswith(("classify", "decode")))
     assert (tmp_path / "ceiling.png").stat().st_size > 0 and "× decode+resize+normalise" in out
-    assert "a bare uvicorn app that only decodes: " in out
+    assert "a bare uvicorn app that only decodes: " in out and "(event loop " in out
 
 
 def test_the_decoder_comparison_and_the_ab_run(tmp_path: Path) -> None:
