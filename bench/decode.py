@@ -7,7 +7,8 @@ only the decode is timed), and on the service's `DecodePool` of `--workers` proc
 image submitted at once, as many concurrent requests would (the pixels come back to the caller,
 as the service needs them). The variants are measured in turn, `--rounds` times, and the
 median images/s of each is printed: the machine is shared, so only ratios from one run count.
-Last, a 12-megapixel JPEG decoded and resized one at a time, in full and in draft mode (libjpeg's
+Last, two 12-megapixel JPEGs (a smooth one, and one with a phone photo's grain and weight: see
+bench.workload.jpeg) decoded and resized one at a time, in full and in draft mode (libjpeg's
 DCT scaling, `VIT_JPEG_DRAFT`).
 """
 
@@ -22,7 +23,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
-from bench.workload import PHONE, SIZES, jpeg
+from bench.workload import PHONE, PHONE_GRAIN, SIZES, jpeg
 from model.preprocess import PreprocessConfig, decode_image, load_image
 from service.decoding import DecodePool
 
@@ -78,15 +79,19 @@ def main() -> None:
     service.close()
     threads.shutdown()
     processes.shutdown()
-    phone = jpeg(PHONE)
-    times: dict[str, list[float]] = {"full": [], "draft": []}
-    for _ in range(args.rounds):
-        for name in times:
-            start = time.perf_counter()
-            decode_image(phone, 224, CONFIG, draft=name == "draft")
-            times[name].append(time.perf_counter() - start)
-    full, draft = (statistics.median(times[name]) * 1000 for name in ("full", "draft"))
-    print(f"{PHONE} JPEG, one at a time: full decode {full:.1f} ms, draft {draft:.1f} ms ({full / draft:.1f}x)")
+    for size in (PHONE, PHONE_GRAIN):
+        phone = jpeg(size)
+        times: dict[str, list[float]] = {"full": [], "draft": []}
+        for _ in range(args.rounds):
+            for name in times:
+                start = time.perf_counter()
+                decode_image(phone, 224, CONFIG, draft=name == "draft")
+                times[name].append(time.perf_counter() - start)
+        full, draft = (statistics.median(times[name]) * 1000 for name in ("full", "draft"))
+        print(
+            f"{size} JPEG ({len(phone) / 1e6:.1f} MB), one at a time: full decode {full:.1f} ms,"
+            f" draft {draft:.1f} ms ({full / draft:.1f}x)"
+        )
 
 
 if __name__ == "__main__":

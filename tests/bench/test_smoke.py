@@ -50,7 +50,8 @@ def test_thread_and_decode_probes_run() -> None:
     lines = decode.splitlines()
     assert [line.split(":")[0] for line in lines[:2]] == ["224", "500x375"]
     assert all(all(f"{v} " in line for v in ("serial", "threads", "processes", "service")) for line in lines[:2])
-    assert lines[2].startswith("4000x3000 JPEG, one at a time: full decode ") and "draft" in lines[2]
+    assert lines[2].startswith("4000x3000 JPEG (0.8 MB), one at a time: full decode ") and "draft" in lines[2]
+    assert lines[3].startswith("4000x3000+grain JPEG (2.") and "draft" in lines[3]  # a phone's weight
 
 
 def test_the_ceiling_benchmark_runs(tmp_path) -> None:
