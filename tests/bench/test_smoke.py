@@ -99,3 +99,10 @@ def test_the_dtype_comparison_runs() -> None:
         "int8 ÷ float32",
         "embedding cosine",
     ]
+
+
+def test_the_gil_benchmark_runs() -> None:
+    lines = _run("bench.gil", "--rounds", "1", "--batches", "3", "--batch", "2").splitlines()
+    cases = [line for line in lines if line.startswith("main thread ")]
+    assert [line.split(":")[0] for line in cases] == [f"main thread {c}" for c in ("idle", "python", "no-gil")]
+    assert all("per batch of 2: CPU " in line and "; wall " in line for line in cases)
