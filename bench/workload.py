@@ -20,7 +20,7 @@ def jpeg(size: str, index: int = 0) -> bytes:
 
     Upscaled to 4000x3000 such a photo is smooth, and compresses to 0.8 MB. `size` + "+grain"
     adds what a phone camera's photo has, grain (Gaussian noise, σ = 4 levels) saved at quality
-    92: 2.2 MB at 4000x3000, the weight of a phone's JPEG. That weight is what costs in draft
+    92: 2.3 MB at 4000x3000, the weight of a phone's JPEG. That weight is what costs in draft
     mode, which scales everything but libjpeg's entropy decoding."""
     photos = [data.chelsea(), data.astronaut(), data.coffee()]
     size, _, grain = size.partition("+")
