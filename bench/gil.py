@@ -61,8 +61,8 @@ def measure(engine: Engine, batch: int, batches: int, main: Callable[[], None] |
     futures = [engine.torch_thread.submit(timed) for _ in range(batches)]
     while main is not None and not futures[-1].done():
         main()
-    results = [future.result() for future in futures]
-    return tuple(1000 * statistics.median(r[i] for r in results) for i in (0, 1))  # type: ignore[return-value]
+    cpu, wall = zip(*(future.result() for future in futures), strict=True)
+    return 1000 * statistics.median(cpu), 1000 * statistics.median(wall)
 
 
 def main(argv: list[str] | None = None) -> None:
