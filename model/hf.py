@@ -114,16 +114,14 @@ _RENAMES: list[tuple[str, str]] = [
 ]
 
 
-def hf_to_native(state: StateDict, cfg: ViTConfig, skip: tuple[str, ...] = ()) -> tuple[StateDict, list[str]]:
-    """A transformers state dict in this layout, and the keys skipped by name (`skip`, and
+def hf_to_native(state: StateDict, cfg: ViTConfig, skip: tuple[str, ...] = ()) -> StateDict:
+    """A transformers state dict in this layout, without the keys skipped by name (`skip`, and
     what inference never reads). q, k and v are fused into timm's qkv; HF ViT's pooler (a tanh
     layer after y) is not the ViT's y and is dropped with the rest of `_UNUSED`."""
     out: StateDict = {}
-    skipped: list[str] = []
     for key, value in state.items():
         name = re.sub(r"^(?:vit|deit|vision_model)\.", "", key)
         if key.startswith(skip) or name.startswith(_UNUSED):
-            skipped.append(key)
             continue
         for pattern, replacement in _RENAMES:
             new, n = re.subn(rf"^{pattern}", replacement, name)
@@ -144,7 +142,7 @@ def hf_to_native(state: StateDict, cfg: ViTConfig, skip: tuple[str, ...] = ()) -
             gate, up = out.pop(f"blocks.{i}.mlp.gate.{kind}", None), out.pop(f"blocks.{i}.mlp.up.{kind}", None)
             if gate is not None and up is not None:
                 out[f"blocks.{i}.mlp.fc1.{kind}"] = torch.cat([gate, up])
-    return fuse_qkv(out, cfg.depth), skipped
+    return fuse_qkv(out, cfg.depth)
 
 
 def load_hf(path: Path) -> Checkpoint:
@@ -179,8 +177,9 @@ def load_hf(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}/config.json: {exc}") from exc
     model = VisionTransformer(cfg)
     skip = _OTHER_TOWER if model_type in ("clip", "siglip") else ()
-    native, _ = hf_to_native(state, cfg, skip)
-    load_strict(model, native, f"{weights} (Hugging Face {model_type})", antialias=family.antialias)
+    load_strict(
+        model, hf_to_native(state, cfg, skip), f"{weights} (Hugging Face {model_type})", antialias=family.antialias
+    )
     labels = _hf_labels(meta, cfg.num_classes)
     return Checkpoint(model, "huggingface", path, sha256_of(weights), labels, preprocess)
 
