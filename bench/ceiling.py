@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from bench.load import closed_loop
-from bench.procfs import cpu_model, is_decoder, process_tree
+from bench.procfs import cpu_model, cpu_seconds, is_decoder, process_tree, thread_cpu_seconds
 from bench.systems import _free_port, _wait_healthy
 from bench.workload import jpeg
 from model.preprocess import PreprocessConfig, load_image, normalize
@@ -197,12 +197,12 @@ def _point(
     in-process decode cost beside it; for vit-serve, its mean batch from /metrics too."""
     decode_ms = [_decode_ms(body)] if body is not None else []  # beside the load: the host drifts
     batches_before = _batch_totals(url) if vit_serve else (0.0, 0.0)  # outside the CPU window
-    engine_before, loop_before = _engine_seconds(pid), _main_thread_seconds(pid)
+    engine_before, loop_before = _engine_seconds(pid), thread_cpu_seconds(pid, pid)
     load, main_ms, decode_processes_ms = _measured_load(
         pid, url + path, body, concurrency, args.duration, args.pin_client, tmp
     )
     engine_ms = (_engine_seconds(pid) - engine_before) * 1000 / max(1, load["requests"])
-    loop_ms = (_main_thread_seconds(pid) - loop_before) * 1000 / max(1, load["requests"])
+    loop_ms = (thread_cpu_seconds(pid, pid) - loop_before) * 1000 / max(1, load["requests"])
     batches_after = _batch_totals(url) if vit_serve else (0.0, 0.0)
     batches, images = (batches_after[i] - batches_before[i] for i in (0, 1))
     point: dict[str, Any] = {"target": name, "concurrency": concurrency, **load}
@@ -290,7 +290,7 @@ def _cpu_seconds(pid: int) -> tuple[float, float]:
     processes, and those of the rest (the process, or a group's supervisor, front-ends and engine)."""
     main = decoders = 0.0
     for process, fields in process_tree(pid):
-        seconds = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        seconds = cpu_seconds(fields)
         if is_decoder(process):
             decoders += seconds
         else:
@@ -304,15 +304,8 @@ def _engine_seconds(pid: int) -> float:
     for process, fields in process_tree(pid):
         with contextlib.suppress(OSError):
             if Path(f"/proc/{process}/comm").read_text().strip() == "vit-engine":
-                seconds += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+                seconds += cpu_seconds(fields)
     return seconds
-
-
-def _main_thread_seconds(pid: int) -> float:
-    """CPU seconds of the main thread of process `pid`: for one vit-serve process, its event loop."""
-    with open(f"/proc/{pid}/task/{pid}/stat") as f:
-        fields = f.read().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def _batch_totals(url: str) -> tuple[float, float]:

@@ -24,8 +24,7 @@ def process_tree(pid: int) -> Iterator[tuple[int, list[str]]]:
         if not entry.isdigit():
             continue
         try:
-            with open(f"/proc/{entry}/stat") as f:
-                stats[int(entry)] = f.read().rsplit(")", 1)[1].split()
+            stats[int(entry)] = _stat(f"/proc/{entry}/stat")
         except OSError:
             continue
     tree = {pid}
@@ -38,6 +37,22 @@ def process_tree(pid: int) -> Iterator[tuple[int, list[str]]]:
                 grew = True
     for member in sorted(tree & stats.keys()):
         yield member, stats[member]
+
+
+def cpu_seconds(fields: list[str]) -> float:
+    """User and system CPU seconds from a process's or thread's stat fields (as `process_tree`'s)."""
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def thread_cpu_seconds(pid: int, tid: int) -> float:
+    """CPU seconds of thread `tid` of process `pid` (the main thread's tid is the pid)."""
+    return cpu_seconds(_stat(f"/proc/{pid}/task/{tid}/stat"))
+
+
+def _stat(path: str) -> list[str]:
+    """A stat file's fields after the command name (which may hold spaces and parentheses)."""
+    with open(path) as f:
+        return f.read().rsplit(")", 1)[1].split()
 
 
 def is_decoder(pid: int) -> bool:
