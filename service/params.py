@@ -98,7 +98,7 @@ class FeatureParams(BaseModel):
 
 
 @functools.cache
-def _query_types(model: type[BaseModel]) -> dict[str, list[str]]:
+def _json_types(model: type[BaseModel]) -> dict[str, list[str]]:
     """Each field's JSON types ("integer", "boolean", "string"), from the model's own schema."""
     types = {}
     for name, schema in model.model_json_schema()["properties"].items():
@@ -112,7 +112,7 @@ def from_query(model: type[BaseModel], query: Mapping[str, str]) -> dict[str, An
     a spelling that is not one, or a value out of its bounds, is a 422 naming it, before the body
     is read (even where a body field would override it: every value given is valid)."""
     values = {}
-    for name, kinds in _query_types(model).items():
+    for name, kinds in _json_types(model).items():
         text = query.get(name)
         if text is not None:
             try:
@@ -156,7 +156,7 @@ def check_bounds(card: ModelCard, values: Mapping[str, Any]) -> None:
 def merge(model: type[BaseModel], query: dict[str, Any], body: dict[str, Any]) -> Any:
     """Query values (from `from_query`), overridden by JSON body fields; one 422 naming the
     first bad one. A JSON number without a fraction (3.0) is an integer, as JSON Schema has it."""
-    types = _query_types(model)
+    types = _json_types(model)
     integral = {
         name: int(value)
         for name, value in body.items()
