@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import json
 import statistics
 import time
+from pathlib import Path
 
 import torch
 
@@ -95,27 +97,39 @@ def _sync(device: str) -> None:
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.model_only", description=__doc__)
     parser.add_argument("--model", default="vit_small_patch16_224")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--batch", default="1,16", help="comma-separated batch sizes")
     parser.add_argument("--variants", default="float32,float32+compile,bfloat16,bfloat16+compile,int8+compile")
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--seconds", type=float, default=3.0)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's dense peak, for MFU")
+    parser.add_argument("--out", type=Path, default=None, help="also write every row to this JSON file")
     args = parser.parse_args(argv)
     batches = [int(b) for b in args.batch.split(",")]
-    print(f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}")
+    gpu = torch.cuda.get_device_name() if args.device.startswith("cuda") else None
+    machine = f"{datetime.date.today()}, {cpu_model()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
+    print(machine + (f", {gpu}" if gpu else ""))
+    rows: list[dict[str, object]] = []
     for round_ in range(args.rounds):
         base: dict[int, float] = {}
         for variant in args.variants.split(","):
             name, _, compiled = variant.partition("+")
             int8 = name == "int8"
             dtype = torch.float32 if int8 else getattr(torch, name)
-            for row in measure(args.model, "cpu", dtype, batches, bool(compiled), args.seconds, int8=int8):
+            for row in measure(
+                args.model, args.device, dtype, batches, bool(compiled), args.seconds, args.peak_tflops, int8=int8
+            ):
                 batch, rate = int(row["batch_size"]), float(row["images_per_s"])  # type: ignore[call-overload, arg-type]
                 first = float(row["first_pass_s"])  # type: ignore[arg-type]
                 base.setdefault(batch, rate)  # the first variant is the reference
+                mfu = f", MFU {float(row['mfu']):.1%}" if row["mfu"] is not None else ""  # type: ignore[arg-type]
                 print(
                     f"round {round_ + 1} {variant:18} batch {batch:3}: {rate:7.1f} images/s, × {rate / base[batch]:.2f}"
-                    f" (first pass {first:.1f} s)"
+                    f" (first pass {first:.1f} s){mfu}"
                 )
+                rows.append({"round": round_ + 1, "variant": variant, **row})
+    if args.out:
+        args.out.write_text(json.dumps({"machine": machine, "gpu": gpu, "rows": rows}, indent=2) + "\n")
 
 
 if __name__ == "__main__":

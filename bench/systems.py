@@ -25,6 +25,8 @@ class Running:
     name: str
     url: str  # where requests are posted
     metrics_url: str | None  # vit-serve's /metrics, for its batch-size histogram
+    pid: int  # the server's process, whose tree /proc reads for CPU
+    ready_s: float  # from its start to its first healthy answer (model load, warm-up, compilation)
 
 
 def _free_port() -> int:
@@ -34,10 +36,14 @@ def _free_port() -> int:
 
 
 @contextmanager
-def serve(name: str, model: str, max_batch_size: int, max_wait_ms: float, device: str) -> Iterator[Running]:
+def serve(
+    name: str, model: str, max_batch_size: int, max_wait_ms: float, device: str, env: dict[str, str] | None = None
+) -> Iterator[Running]:
+    """Run `name` until the block ends; `env` adds to its environment (VIT_WORKERS, VIT_COMPILE, …)."""
     port = _free_port()
     base = f"http://127.0.0.1:{port}"
-    env = {**os.environ, "BENCH_MODEL": model}
+    extra = env or {}
+    env = {**os.environ, "BENCH_MODEL": model, **extra}
     if name == "vit-serve":
         env |= {
             "VIT_MODEL": model,
@@ -48,9 +54,9 @@ def serve(name: str, model: str, max_batch_size: int, max_wait_ms: float, device
             "VIT_MAX_WAIT_MS": str(max_wait_ms),
             "VIT_MAX_QUEUE_SIZE": "100000",
             "VIT_LOG_LEVEL": "warning",
-        }
+        } | extra
         cmd = [sys.executable, "-m", "service"]
-        running = Running(name, f"{base}/v1/classify?top_k=1", f"{base}/metrics")
+        url, metrics_url = f"{base}/v1/classify?top_k=1", f"{base}/metrics"
         health = f"{base}/readyz"
     elif name == "naive":
         cmd = [
@@ -65,7 +71,7 @@ def serve(name: str, model: str, max_batch_size: int, max_wait_ms: float, device
             "--log-level",
             "warning",
         ]
-        running, health = Running(name, f"{base}/predict", None), f"{base}/health"
+        url, metrics_url, health = f"{base}/predict", None, f"{base}/health"
     elif name == "litserve":
         cmd = [
             sys.executable,
@@ -80,16 +86,17 @@ def serve(name: str, model: str, max_batch_size: int, max_wait_ms: float, device
             "--batch-timeout",
             str(max_wait_ms / 1000),
         ]
-        running, health = Running(name, f"{base}/predict", None), f"{base}/health"
+        url, metrics_url, health = f"{base}/predict", None, f"{base}/health"
     else:
         raise ValueError(f"unknown system {name!r}; known: {', '.join(SYSTEMS)}")
     # stderr to a file, not a pipe: worker processes may outlive the server. Its own process
     # group, so that stopping it also stops the workers it spawns (LitServe's).
     with tempfile.TemporaryFile("w+") as log:
+        started = time.monotonic()
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=log, start_new_session=True)
         try:
             _wait_healthy(name, proc, health, log)
-            yield running
+            yield Running(name, url, metrics_url, proc.pid, time.monotonic() - started)
         finally:
             _stop_group(proc)
 

@@ -178,12 +178,16 @@ class Engine:
         """ "float32", "bfloat16", …, or "int8": as settings, metrics and /v1/models spell it."""
         return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
+    @torch.inference_mode()
     def stage(self, images: list[torch.Tensor]) -> torch.Tensor:
-        """(3, S, S) images -> a normalised batch on the device.
+        """(3, S, S) images -> a normalised batch on the device, as an inference tensor.
 
-        uint8 images are pixels and get normalised; float32 ones (an already-normalised tensor
-        sent to /v2) are taken as they are. On CUDA the batch goes through pinned memory with a
-        non-blocking copy (uint8: a quarter of the bytes of float32) and is normalised on the GPU.
+        Staged in inference mode, as `forward` pads: a compiled graph on CUDA guards on that mode
+        (a tensor's dispatch keys), so a batch staged in one mode and padded in the other would
+        recompile a bucket that warm-up compiled. uint8 images are pixels and get normalised;
+        float32 ones (an already-normalised tensor sent to /v2) are taken as they are. On CUDA the
+        batch goes through pinned memory with a non-blocking copy (uint8: a quarter of the bytes
+        of float32) and is normalised on the GPU.
         """
         if any(image.dtype != torch.uint8 for image in images):
             return torch.stack(  # each on the device first: staged pixels are there already

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.kit import peak_tflops
 from bench.model_only import flops_per_image
 from model.config import preset
 
@@ -106,3 +107,35 @@ def test_the_gil_benchmark_runs() -> None:
     cases = [line for line in lines if line.startswith("main thread ")]
     assert [line.split(":")[0] for line in cases] == [f"main thread {c}" for c in ("idle", "python", "no-gil")]
     assert all("per batch of 2: CPU " in line and "; wall " in line for line in cases)
+
+
+@pytest.mark.slow
+def test_the_gpu_kit_dry_run_runs_every_step_and_says_the_cuda_tests_skipped(tmp_path: Path) -> None:
+    run = subprocess.run(
+        [sys.executable, "-m", "bench.kit", "--dry-run", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    report = json.loads((tmp_path / "kit.json").read_text())
+    assert [s["name"] for s in report["steps"]] == ["cuda-tests", "end-to-end", "ceiling", "compiled"]
+    assert all(s["status"] == "passed" for s in report["steps"])
+    assert report["cuda_tests"].endswith("(skipped: no CUDA GPU on this machine)") and "skipped" in report["cuda_tests"]
+    files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert len(files) <= 8 and {"e2e/results.json", "ceiling/ceiling.json", "model-only.json"} <= set(files)
+    e2e = json.loads((tmp_path / "e2e" / "results.json").read_text())
+    assert {r["workers"] for r in e2e["end_to_end"]} == {1, 2}
+    for row in e2e["end_to_end"]:
+        assert row["errors"] == 0 and row["images_per_s"] > 0
+        assert row["engine_busy"] > 0 and row["decode_cores"] > 0  # from its /metrics and /proc
+    assert {s["workers"] for s in e2e["servers"]} == {1, 2} and all(s["ready_s"] > 0 for s in e2e["servers"])
+    summary = run.stdout.splitlines()
+    assert any(line.startswith("served, VIT_WORKERS=2 224 c=4:") for line in summary)
+    assert any(line.startswith("model alone, bfloat16+compile batch 2:") for line in summary)
+
+
+def test_the_kit_knows_a_gpus_peak_by_its_name() -> None:
+    assert peak_tflops("NVIDIA H200") == 989.0
+    assert peak_tflops("NVIDIA L40S") == 362.0 and peak_tflops("NVIDIA L4") == 121.0  # not L4's for L40S
+    assert peak_tflops("Some Future GPU") is None and peak_tflops(None) is None

@@ -26,8 +26,15 @@ from service.settings import Settings
 
 def tiny_settings(**overrides) -> Settings:
     """The random-weight test preset, isolated from any VIT_* environment or .env file."""
-    # float32: the tests compare numbers; VIT_DTYPE=auto is tested in tests/service/engine/test_precision.py
-    values = {"model": "vit_test_tiny", "max_batch_size": 8, "max_wait_ms": 2.0, "dtype": "float32"} | overrides
+    # float32: the tests compare numbers; VIT_DTYPE=auto is tested in tests/service/engine/test_precision.py.
+    # The CPU on every host: on a GPU host "auto" would compile on CUDA; tests/model/test_cuda.py covers that.
+    values = {
+        "model": "vit_test_tiny",
+        "device": "cpu",
+        "max_batch_size": 8,
+        "max_wait_ms": 2.0,
+        "dtype": "float32",
+    } | overrides
     return Settings(_env_file=None, **values)
 
 

@@ -36,6 +36,14 @@ def test_a_compiled_engine_pads_every_batch_to_a_warmed_bucket_and_never_recompi
     torch.testing.assert_close(out.embeddings, eager.embedding, atol=1e-5, rtol=1e-4)
 
 
+def test_batches_are_staged_as_inference_tensors_as_forward_pads_them() -> None:
+    """A compiled graph on CUDA guards on inference mode: staged and padded tensors must agree."""
+    engine = Engine.from_settings(tiny_settings())
+    pixels = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
+    assert engine.stage([pixels]).is_inference()
+    assert engine.stage([pixels, torch.randn(3, 32, 32)]).is_inference()  # a /v2 tensor beside pixels
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["SiglipVisionModel", "Dinov2WithRegistersModel", "DeiTForImageClassificationWithTeacher"]
