@@ -8,80 +8,39 @@ Nothing here unpickles code: safetensors, `torch.load(weights_only=True)` and
 
 from __future__ import annotations
 
-import contextlib
-import hashlib
 import json
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 
 from model.config import ViTConfig, preset
-from model.preprocess import GOOGLE_DEFAULTS, TIMM_DEFAULTS, PreprocessConfig
-from model.vit import VisionTransformer, resample_pos_embed
-
-StateDict = dict[str, torch.Tensor]
+from model.hf import load_hf
+from model.preprocess import PreprocessConfig
+from model.vit import VisionTransformer
+from model.weights import (
+    Checkpoint,
+    CheckpointError,
+    StateDict,
+    fuse_qkv,
+    load_strict,
+    read_json,
+    read_safetensors,
+    read_weights,
+    sha256_of,
+)
 
 NATIVE_META = "vit.json"
 NATIVE_WEIGHTS = "model.safetensors"
 NATIVE_FORMAT_VERSION = 1
 TIMM_SUFFIXES = (".safetensors", ".pth", ".pt", ".bin")
 
-
-class CheckpointError(ValueError):
-    """A checkpoint that cannot be loaded; the message says exactly why."""
-
-
-@dataclass
-class Checkpoint:
-    """A loaded model with what its checkpoint says about serving it."""
-
-    model: VisionTransformer
-    format: str  # "native", "huggingface", "timm", "npz", "random"
-    path: Path | None
-    sha256: str | None
-    labels: list[str] | None  # from the checkpoint itself (HF id2label, native JSON)
-    preprocess: PreprocessConfig
-
-    @property
-    def config(self) -> ViTConfig:
-        return self.model.cfg
-
-
-# ---------------------------------------------------------------------------- reading files
-
-
-def _read_safetensors(path: Path) -> StateDict:
-    try:
-        return load_file(str(path))
-    except Exception as exc:  # safetensors raises its own error types for corrupt headers
-        raise CheckpointError(f"{path}: not a readable safetensors file ({exc})") from exc
-
-
-def _read_torch(path: Path) -> StateDict:
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # UnpicklingError for code, RuntimeError for truncation
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc):
-            raise CheckpointError(
-                f"{path}: refused: the pickle holds more than tensors (code or custom objects), "
-                "and checkpoints are loaded without running code"
-            ) from exc
-        raise CheckpointError(f"{path}: not a readable PyTorch checkpoint ({exc})") from exc
-    for wrapper in ("state_dict", "model", "module"):  # training scripts' usual envelopes
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
-        raise CheckpointError(f"{path}: expected a state dict of tensors")
-    return {k.removeprefix("module."): v for k, v in obj.items()}
-
-
-def read_weights(path: Path) -> StateDict:
-    return _read_safetensors(path) if path.suffix == ".safetensors" else _read_torch(path)
+# Preprocessing of the formats that carry none (docs/API.md, Settings): the Google/big_vision
+# recipe for .npz, timm's for timm files. HF directories carry theirs (model/hf.py).
+GOOGLE_DEFAULTS = PreprocessConfig(resize_mode="squash", interpolation="bilinear")
+TIMM_DEFAULTS = PreprocessConfig(resize_mode="crop", crop_pct=0.9, interpolation="bicubic")
 
 
 def _read_npz(path: Path) -> dict[str, np.ndarray]:
@@ -92,38 +51,7 @@ def _read_npz(path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path}: not a readable .npz of arrays ({exc})") from exc
 
 
-def read_json(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: not readable JSON ({exc})") from exc
-    if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
-    return data
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 # ------------------------------------------------------------------------ format mappings
-
-
-def fuse_qkv(state: StateDict, depth: int) -> StateDict:
-    """Concatenate separate `attn.q`, `attn.k`, `attn.v` tensors into timm's `attn.qkv`."""
-    for i in range(depth):
-        for kind in ("weight", "bias"):
-            names = [f"blocks.{i}.attn.{part}.{kind}" for part in "qkv"]
-            pieces = [state.pop(name) for name in names if name in state]
-            if len(pieces) == 3:
-                state[f"blocks.{i}.attn.qkv.{kind}"] = torch.cat(pieces)
-            elif pieces:
-                raise CheckpointError(f"block {i}: found {len(pieces)} of the q, k, v {kind} tensors")
-    return state
 
 
 def timm_to_native(state: StateDict) -> StateDict:
@@ -208,50 +136,6 @@ def npz_to_native(arrays: Mapping[str, np.ndarray]) -> tuple[StateDict, list[str
     return out, sorted(prefix + k for k in scope)
 
 
-# ------------------------------------------------------------------------------ strict load
-
-
-def load_strict(
-    model: VisionTransformer, state: StateDict, source: str, unused: Sequence[str] = (), antialias: bool = False
-) -> None:
-    """Copy `state` into `model` only if every key and shape matches; else one error naming all.
-
-    A position embedding for another patch grid is resampled first (bicubic, prefix tokens kept;
-    `antialias` as the family's transformers code does it).
-    """
-    expected = model.state_dict()
-    pos = state.get("pos_embed")
-    target = expected["pos_embed"].shape
-    if pos is not None and pos.ndim == 3 and pos.shape != target and pos.shape[-1] == target[-1]:
-        with contextlib.suppress(ValueError):  # not a square grid: reported as a shape mismatch below
-            resampled = resample_pos_embed(pos, model.cfg.grid_size, model.cfg.pos_prefix, antialias)
-            state = {**state, "pos_embed": resampled}
-    missing = sorted(set(expected) - set(state))
-    unexpected = sorted(set(state) - set(expected)) + list(unused)
-    mismatched = [
-        f"{k}: checkpoint {tuple(state[k].shape)} vs model {tuple(expected[k].shape)}"
-        for k in sorted(set(expected) & set(state))
-        if state[k].shape != expected[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        lines = [f"{source} does not fit the model ({_describe(model.cfg)}):"]
-        if missing:
-            lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
-        if unexpected:
-            lines.append(f"  unexpected keys ({len(unexpected)}): {', '.join(unexpected)}")
-        if mismatched:
-            lines.append(f"  shape mismatches ({len(mismatched)}): " + "; ".join(mismatched))
-        raise CheckpointError("\n".join(lines))
-    model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
-
-
-def _describe(cfg: ViTConfig) -> str:
-    return (
-        f"D={cfg.embed_dim}, depth={cfg.depth}, heads={cfg.num_heads}, patch={cfg.patch_size}, "
-        f"image={cfg.image_size}, classes={cfg.num_classes}"
-    )
-
-
 # --------------------------------------------------------------------------- entry points
 
 
@@ -280,8 +164,6 @@ def load_checkpoint(path: str | Path, model_name: str | None = None) -> Checkpoi
     if fmt == "native":
         return _load_native(path)
     if fmt == "huggingface":
-        from model.hf import load_hf  # model.hf builds on this module's readers
-
         return load_hf(path)
     if not model_name:
         raise CheckpointError(f"{path}: a {fmt} file carries no architecture; name a preset (VIT_MODEL)")
@@ -311,7 +193,7 @@ def _load_native(path: Path) -> Checkpoint:
         raise CheckpointError(f"{path}/{NATIVE_META}: {exc}") from exc
     weights = path / NATIVE_WEIGHTS
     model = VisionTransformer(cfg)
-    load_strict(model, _read_safetensors(weights), f"{weights} (vit-serve)")
+    load_strict(model, read_safetensors(weights), f"{weights} (vit-serve)")
     labels = meta.get("labels")
     return Checkpoint(model, "native", path, sha256_of(weights), labels, prep)
 

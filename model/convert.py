@@ -5,8 +5,9 @@ from __future__ import annotations
 import argparse
 import sys
 
-from model.checkpoints import CheckpointError, load_checkpoint, save_native
+from model.checkpoints import load_checkpoint, save_native
 from model.labels import LabelsError, resolve_labels
+from model.weights import CheckpointError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 
-from model.checkpoints import (
+from model.config import ViTConfig
+from model.preprocess import PreprocessConfig
+from model.vit import VisionTransformer
+from model.weights import (
     Checkpoint,
     CheckpointError,
     StateDict,
@@ -28,9 +31,68 @@ from model.checkpoints import (
     read_weights,
     sha256_of,
 )
-from model.config import ViTConfig
-from model.preprocess import from_hf_processor
-from model.vit import VisionTransformer
+
+_HF_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+_CLIP_MEAN, _CLIP_STD = (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711)
+# Each transformers image processor's defaults for the keys a preprocessor_config.json may leave
+# out: resample, centre crop, mean and std, and whether an int `size` is the shortest edge (CLIP's
+# legacy CLIPFeatureExtractor form, BiT) or a square (ViT, DeiT, SigLIP).
+_HF_PROCESSORS: dict[str, dict[str, Any]] = {
+    "ViT": {"resample": 2, "do_center_crop": False, "mean": (0.5,) * 3, "std": (0.5,) * 3, "int_is_short": False},
+    "DeiT": {"resample": 3, "do_center_crop": True, "mean": (0.5,) * 3, "std": (0.5,) * 3, "int_is_short": False},
+    "Siglip": {"resample": 3, "do_center_crop": False, "mean": (0.5,) * 3, "std": (0.5,) * 3, "int_is_short": False},
+    "CLIP": {"resample": 3, "do_center_crop": True, "mean": _CLIP_MEAN, "std": _CLIP_STD, "int_is_short": True},
+    "Bit": {"resample": 3, "do_center_crop": True, "mean": _CLIP_MEAN, "std": _CLIP_STD, "int_is_short": True},
+}
+
+
+def from_hf_processor(data: dict[str, Any]) -> tuple[PreprocessConfig, int]:
+    """An HF `preprocessor_config.json` as this config and the size S it serves (the crop's, or
+    the square resize's): the geometry of transformers' processors exactly (see PreprocessConfig)."""
+    kind = str(data.get("image_processor_type") or data.get("feature_extractor_type") or "ViTImageProcessor")
+    name = next((n for n in _HF_PROCESSORS if kind.startswith(n)), None)
+    if name is None:
+        raise ValueError(
+            f"image processor {kind!r} is not one of: {', '.join(n + 'ImageProcessor' for n in _HF_PROCESSORS)}"
+        )
+    defaults = _HF_PROCESSORS[name]
+    resample = data.get("resample", defaults["resample"])
+    if resample not in _HF_RESAMPLE:
+        raise ValueError(f"resample {resample} is not bilinear (2) or bicubic (3)")
+    if not data.get("do_resize", True):
+        raise ValueError("do_resize is false: images of any size would reach the model")
+    if data.get("do_rescale", True) is not True or abs(data.get("rescale_factor", 1 / 255) - 1 / 255) > 1e-9:
+        raise ValueError("only rescaling by 1/255 is supported")
+    normalize = data.get("do_normalize", True)
+    short, side = _hf_size(data.get("size", 224), defaults["int_is_short"], "size")
+    fields: dict[str, Any] = {
+        "interpolation": _HF_RESAMPLE[resample],
+        "mean": tuple(data.get("image_mean", defaults["mean"])) if normalize else (0.0, 0.0, 0.0),
+        "std": tuple(data.get("image_std", defaults["std"])) if normalize else (1.0, 1.0, 1.0),
+        "crop_offset": "floor",
+        "resize_mode": "crop" if short else "squash",
+    }
+    served = short or side
+    if data.get("do_center_crop", defaults["do_center_crop"]):
+        crop_short, served = _hf_size(data.get("crop_size", 224), False, "crop_size")
+        if crop_short or served > (short or side):
+            raise ValueError(f"crop_size {data.get('crop_size')!r}: expected a square no larger than the resize")
+        fields["resize_size"] = short or side
+    elif short:
+        raise ValueError("a shortest-edge resize without a centre crop leaves images of any shape")
+    return PreprocessConfig(**fields), served
+
+
+def _hf_size(value: Any, int_is_short: bool, key: str) -> tuple[int, int]:
+    """(shortest edge, 0) or (0, square side) from an HF size: an int, or a dict of
+    `shortest_edge` or `height` and `width`."""
+    if isinstance(value, int):
+        return (value, 0) if int_is_short else (0, value)
+    if isinstance(value, dict) and isinstance(value.get("shortest_edge"), int):
+        return value["shortest_edge"], 0
+    if isinstance(value, dict) and isinstance(value.get("height"), int) and value.get("height") == value.get("width"):
+        return 0, value["height"]
+    raise ValueError(f"{key} {value!r}: expected an int, a shortest_edge, or a square height and width")
 
 
 @dataclass(frozen=True)

@@ -98,8 +98,8 @@ def serve(settings: Settings) -> int:
 
 def load_engine(settings: Settings) -> Engine | None:
     """The model these settings name, or None after one clear line on stderr."""
-    from model.checkpoints import CheckpointError
     from model.labels import LabelsError
+    from model.weights import CheckpointError
     from service.engine import Engine
 
     try:

@@ -25,12 +25,13 @@ from pathlib import Path
 
 import torch
 
-from model.checkpoints import Checkpoint, load_checkpoint
+from model.checkpoints import load_checkpoint
 from model.config import PRESETS, Layer, preset
 from model.labels import resolve_labels
 from model.preprocess import PreprocessConfig, normalize
 from model.quantize import quantize_int8
 from model.vit import VisionTransformer
+from model.weights import Checkpoint
 from service.engine.card import ModelCard
 from service.engine.precision import Choice, choose_dtype, native_bf16, probe
 from service.settings import BUILTIN_MODEL, Settings

@@ -12,9 +12,10 @@ import torch
 from safetensors.torch import save_file
 from transformers import ViTModel
 
-from model.checkpoints import CheckpointError, detect_format, load_checkpoint, load_strict, save_native
+from model.checkpoints import detect_format, load_checkpoint, save_native
 from model.convert import main as convert
 from model.vit import VisionTransformer
+from model.weights import CheckpointError, load_strict
 from tests.model.reference import hf_classifier, hf_tensors, hub_layout, npz_layout, save_npz, timm_layout
 
 DEPTH = 2

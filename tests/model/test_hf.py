@@ -9,9 +9,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from model.checkpoints import CheckpointError, load_checkpoint
+from model.checkpoints import load_checkpoint
 from model.config import FINAL, Layer
 from model.convert import main as convert
+from model.hf import from_hf_processor
+from model.weights import CheckpointError
 from tests.families import CASES, Case, reference, save
 
 LAYOUTS = [(case, False) for case in CASES] + [(case, True) for case in CASES if case.old_keys]
@@ -101,3 +103,49 @@ def test_bfloat16_stays_within_cosine_0_999_of_float32(case: Case, tmp_path: Pat
     for a, b in pairs:
         cosine = torch.nn.functional.cosine_similarity(a.flatten(1), b.float().flatten(1))
         assert cosine.min() >= 0.999
+
+
+@pytest.mark.parametrize(
+    ("processor", "expected", "served"),
+    [
+        (  # the legacy CLIPFeatureExtractor form: an int size is the shortest edge
+            {"feature_extractor_type": "CLIPFeatureExtractor", "size": 224, "crop_size": 224},
+            {"resize_mode": "crop", "resize_size": 224, "interpolation": "bicubic", "crop_offset": "floor"},
+            224,
+        ),
+        (  # DeiT: an int size is a square, resized to before the centre crop
+            {"image_processor_type": "DeiTImageProcessor", "size": 256, "crop_size": 224},
+            {"resize_mode": "squash", "resize_size": 256, "interpolation": "bicubic"},
+            224,
+        ),
+        (  # DINOv2's BiT processor: the served size is the crop's, whatever config.image_size says
+            {"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 256}, "crop_size": 224},
+            {"resize_mode": "crop", "resize_size": 256, "mean": (0.48145466, 0.4578275, 0.40821073)},
+            224,
+        ),
+        (
+            {"image_processor_type": "SiglipImageProcessor", "size": {"height": 384, "width": 384}},
+            {"resize_mode": "squash", "resize_size": 0, "mean": (0.5, 0.5, 0.5)},
+            384,
+        ),
+    ],
+)
+def test_hf_processors_map_to_their_geometry(processor: dict, expected: dict, served: int) -> None:
+    config, size = from_hf_processor(processor)
+    assert size == served
+    assert {k: getattr(config, k) for k in expected} == expected
+
+
+@pytest.mark.parametrize(
+    ("processor", "message"),
+    [
+        ({"image_processor_type": "ConvNextImageProcessor"}, "is not one of"),
+        ({"image_processor_type": "CLIPImageProcessor", "do_center_crop": False}, "images of any shape"),
+        ({"image_processor_type": "ViTImageProcessor", "size": {"height": 224, "width": 300}}, "square"),
+        ({"image_processor_type": "ViTImageProcessor", "rescale_factor": 1 / 127.5}, "1/255"),
+        ({"image_processor_type": "DeiTImageProcessor", "size": 200, "crop_size": 224}, "no larger than"),
+    ],
+)
+def test_hf_processors_that_would_serve_other_pixels_are_refused(processor: dict, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        from_hf_processor(processor)

@@ -18,7 +18,6 @@ from model.preprocess import (
     UnsupportedImageFormat,
     crop_box_resize,
     decode_image,
-    from_hf_processor,
     load_image,
     normalize,
     resize,
@@ -231,49 +230,3 @@ def test_an_ordinary_jpeg_gets_pillows_pixels_from_simplejpeg(mode: str, draft: 
     cfg = PreprocessConfig(resize_mode="crop", crop_pct=0.875, interpolation="bicubic")
     expected = resize(_pillow_only(data, 2 * shorter_side(224, cfg) if draft else 0), 224, cfg)
     assert np.array_equal(decode_image(data, 224, cfg, draft=draft), np.asarray(expected))
-
-
-@pytest.mark.parametrize(
-    ("processor", "expected", "served"),
-    [
-        (  # the legacy CLIPFeatureExtractor form: an int size is the shortest edge
-            {"feature_extractor_type": "CLIPFeatureExtractor", "size": 224, "crop_size": 224},
-            {"resize_mode": "crop", "resize_size": 224, "interpolation": "bicubic", "crop_offset": "floor"},
-            224,
-        ),
-        (  # DeiT: an int size is a square, resized to before the centre crop
-            {"image_processor_type": "DeiTImageProcessor", "size": 256, "crop_size": 224},
-            {"resize_mode": "squash", "resize_size": 256, "interpolation": "bicubic"},
-            224,
-        ),
-        (  # DINOv2's BiT processor: the served size is the crop's, whatever config.image_size says
-            {"image_processor_type": "BitImageProcessor", "size": {"shortest_edge": 256}, "crop_size": 224},
-            {"resize_mode": "crop", "resize_size": 256, "mean": (0.48145466, 0.4578275, 0.40821073)},
-            224,
-        ),
-        (
-            {"image_processor_type": "SiglipImageProcessor", "size": {"height": 384, "width": 384}},
-            {"resize_mode": "squash", "resize_size": 0, "mean": (0.5, 0.5, 0.5)},
-            384,
-        ),
-    ],
-)
-def test_hf_processors_map_to_their_geometry(processor: dict, expected: dict, served: int) -> None:
-    config, size = from_hf_processor(processor)
-    assert size == served
-    assert {k: getattr(config, k) for k in expected} == expected
-
-
-@pytest.mark.parametrize(
-    ("processor", "message"),
-    [
-        ({"image_processor_type": "ConvNextImageProcessor"}, "is not one of"),
-        ({"image_processor_type": "CLIPImageProcessor", "do_center_crop": False}, "images of any shape"),
-        ({"image_processor_type": "ViTImageProcessor", "size": {"height": 224, "width": 300}}, "square"),
-        ({"image_processor_type": "ViTImageProcessor", "rescale_factor": 1 / 127.5}, "1/255"),
-        ({"image_processor_type": "DeiTImageProcessor", "size": 200, "crop_size": 224}, "no larger than"),
-    ],
-)
-def test_hf_processors_that_would_serve_other_pixels_are_refused(processor: dict, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        from_hf_processor(processor)
