@@ -136,9 +136,9 @@ PRESETS: dict[str, ViTConfig] = {
     "vit_large_patch32_384": _preset(384, 32, 1024, 24, 16),
     "vit_huge_patch14_224": _preset(224, 14, 1280, 32, 16),
     # For benchmarks of the serving layer only: 224×224 input, width 8, one block, 4×4 patches of
-    # 56 px (17 tokens: with 16 px patches, attention over 197 tokens cost 0.24 ms an image); a
-    # forward pass costs ~0.1 ms an image, so what is measured is everything around it
-    # (python -m bench.ceiling).
+    # 56 px (17 tokens: attention over 16 px patches' 197 would cost more than the rest); its
+    # forward pass costs next to nothing, so what is measured is everything around it
+    # (python -m bench.ceiling reports what it does cost).
     "vit_null_patch56_224": ViTConfig(
         image_size=224, patch_size=56, embed_dim=8, depth=1, num_heads=1, mlp_dim=32, num_classes=10
     ),

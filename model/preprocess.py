@@ -8,8 +8,8 @@ resized without one), and only the first frame of an animation is ever touched.
 
 Pillow parses every image's headers (format, size, EXIF orientation, mode); the pixels of an
 ordinary JPEG (RGB or greyscale, upright) are decoded by simplejpeg, libjpeg-turbo called without
-Pillow's per-image overhead: the same pixels, in 0.36 ms instead of 0.59 for a 224×224 photo
-(`python -m bench.decoders`, docs/BENCHMARKS.md). Everything else is decoded by Pillow.
+Pillow's per-image overhead: the same pixels, faster for small photos (`python -m bench.decoders`,
+docs/BENCHMARKS.md). Everything else is decoded by Pillow.
 
 `decode_image` needs only Pillow, simplejpeg and numpy: the service's decode processes import
 this module without torch, which `load_image` and `normalize` import when called.
@@ -47,8 +47,8 @@ _CHUNK = 1 << 20
 _ORIENTATION = 0x0112  # the EXIF tag
 
 # Pillow warns, rather than raises, about corrupt TIFF tags and large images; this module decides
-# itself what to refuse (open_image, load_image). Filters set once here, since catch_warnings is
-# not thread-safe and decoding runs on a pool of threads.
+# itself what to refuse (open_image, load_image). Filters set once here, at import, rather than
+# with catch_warnings around each call, which is not thread-safe (the benchmarks decode on threads).
 warnings.filterwarnings("ignore", category=UserWarning, module=r"PIL\.TiffImagePlugin")
 warnings.filterwarnings("ignore", category=Image.DecompressionBombWarning)
 _RESAMPLE = {"bilinear": Image.Resampling.BILINEAR, "bicubic": Image.Resampling.BICUBIC}
@@ -246,8 +246,8 @@ def decode_image(
     """Decode, orient, convert and resize one image: uint8 (size, size, 3), C-contiguous.
 
     With `draft`, a JPEG at least twice the size the resize needs is decoded at 1/2, 1/4 or 1/8
-    of its size by libjpeg's DCT scaling (never below twice that size): a 12-megapixel photo decodes 7.3× faster
-    (docs/BENCHMARKS.md), its pixels within a few levels of 255 of a full decode once resized.
+    of its size by libjpeg's DCT scaling (never below twice that size): a large photo decodes several
+    times faster (docs/BENCHMARKS.md), its pixels within a few levels of 255 of a full decode once resized.
     """
     image = open_image(data, max_pixels)
     needed = 2 * shorter_side(size, cfg) if draft and image.format == "JPEG" else 0
@@ -294,8 +294,8 @@ def normalize(
     """uint8 (B, 3, S, S) on any device, any strides -> (x/255 - mean) / std, contiguous, in
     `dtype` (default float32), computed in float32 as x · 1/(255·std) - mean/std in two passes
     over one float copy. On the CPU numpy does it, the first pass reading through the strides (a
-    batch of (S, S, 3) images seen as (3, S, S)): for 5 images at 224×224, 0.61 ms where stacking
-    the views and normalising with torch took 1.1 (docs/BENCHMARKS.md); on a GPU, torch."""
+    batch of (S, S, 3) images seen as (3, S, S)), faster than stacking the views and normalising
+    with torch; on a GPU, torch."""
     import torch  # on use: see the module docstring
 
     m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)

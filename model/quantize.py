@@ -5,9 +5,9 @@ Only the blocks' matrix products (qkv, attention output, MLP) are quantized: the
 of a ViT's compute, while the patch embedding, the final norm, the pooling head, the projection
 and the classifier stay in float32, so the outputs people compare (embeddings, probabilities) keep
 their precision where it is cheapest to keep. torchao's int8 kernels are fast only compiled
-(inductor turns them into VNNI int8 GEMMs: ×2.7 float32's throughput for ViT-S/16 on an AMD EPYC
-with avx512_vnni, where eager int8 is no faster than float32 at batch 16; docs/BENCHMARKS.md),
-so the engine compiles a quantized model always. torchao is imported only here, on use.
+(inductor turns them into VNNI int8 GEMMs; eager int8 is no faster than float32: docs/BENCHMARKS.md,
+"CPU paths: compiled graphs and int8"), so the engine compiles a quantized model always. torchao
+is imported only here, on use.
 """
 
 from __future__ import annotations

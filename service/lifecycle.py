@@ -135,8 +135,8 @@ async def _start_decoding(state: ServiceState, card: ModelCard, resolved: Resolv
 def _turn_ready(state: ServiceState, card: ModelCard, resolved: Resolved) -> None:
     state.metrics.model_info.labels(model=card.model_id, device=card.device, dtype=card.dtype).set(1)
     # Everything made so far (torch, the model, the app) lives as long as the process: kept out
-    # of the collector, a full collection no longer walks it, which stalled the event loop for
-    # ~100 ms a few times a minute under load (p99 124 -> 31 ms, docs/BENCHMARKS.md).
+    # of the collector, a full collection no longer walks it, which stalled the event loop now and
+    # then under load and set its p99 (docs/BENCHMARKS.md).
     gc.freeze()
     state.status = "ready"
     log.info("ready: %s on %s (%s), batches up to %d", card.model_id, card.device, card.dtype, resolved.max_batch_size)

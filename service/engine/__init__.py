@@ -1,10 +1,10 @@
 """The engine: the model on its device (`device`) and the micro-batcher that feeds it (`batcher`).
 
 The request pipeline (service/pipeline.py) reaches the engine only through
-`Batcher.submit(images, deadline, layer) -> [ItemResult]`: uint8 pixels in, rows of one forward
-pass out. That call is the seam where front-end processes and one engine process per device
-will part (issue 14); nothing on this side knows about HTTP, and nothing on the other side
-knows about torch devices.
+`submit(images, deadline, layer) -> [ItemResult]`: uint8 pixels in, rows of one forward pass
+out; `Batcher.submit` in one process, `remote.EngineClient.submit` (the same contract over shared
+memory and a Unix socket) in a front-end of `VIT_WORKERS` > 1. Nothing on this side knows about
+HTTP, and nothing on the other side knows about torch devices.
 """
 
 from service.engine.batcher import Batcher, ItemResult

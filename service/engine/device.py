@@ -8,9 +8,8 @@ All of an engine's torch work (loading, warm-up, forward passes, and on the CPU 
 runs on one thread of its own, `Engine.torch_thread`. torch's CPU kernels run on libgomp, which gives
 every thread that opens a parallel region its own team of worker threads; once a process has
 more such workers than cores, libgomp stops spin-waiting between regions and each of the ~100
-regions of a forward pass pays a futex wake-up. `python -m bench.threads` on the 2-core dev VM
-(ViT-S/16, batch 1): 48 ms when the model is built and run on one thread, 60 ms when it is built
-on one and run on another.
+regions of a forward pass pays a futex wake-up (`python -m bench.threads` measures it:
+docs/BENCHMARKS.md).
 """
 
 from __future__ import annotations

@@ -1,11 +1,11 @@
 """Which number format the model runs in (`VIT_DTYPE`), and why.
 
 On a GPU, `auto` is bfloat16 where the GPU has it. On the CPU it depends on the CPU, which on
-this project's machines changes from day to day: bfloat16 is ~1.8× faster than float32 where
-the CPU multiplies bf16 natively (avx512_bf16, or AMX's amx_bf16) and slower where it is
-emulated. So `auto` on the CPU takes bfloat16 only when the CPU has it natively **and** a short
-probe at start-up (a few forward passes of the served model, both formats, interleaved) shows
-it faster; otherwise float32. The decision (`choose_dtype`) is a pure function of the request,
+this project's machines changes from day to day: bfloat16 is faster than float32 where the CPU
+multiplies bf16 natively (avx512_bf16, or AMX's amx_bf16) and slower where it is emulated
+(docs/BENCHMARKS.md, "Number formats on the CPU"). So `auto` on the CPU takes bfloat16 only
+when the CPU has it natively **and** a short probe at start-up (a few forward passes of the
+served model, both formats, interleaved) shows it faster; otherwise float32. The decision (`choose_dtype`) is a pure function of the request,
 the device, the CPU's flags and the probe, so that both capability answers are tested here
 whatever CPU runs the tests.
 """
