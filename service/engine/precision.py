@@ -5,9 +5,9 @@ this project's machines changes from day to day: bfloat16 is faster than float32
 multiplies bf16 natively (avx512_bf16, or AMX's amx_bf16) and slower where it is emulated
 (docs/BENCHMARKS.md, "Number formats on the CPU"). So `auto` on the CPU takes bfloat16 only
 when the CPU has it natively **and** a short probe at start-up (a few forward passes of the
-served model, both formats, interleaved) shows it faster; otherwise float32. The decision (`choose_dtype`) is a pure function of the request,
-the device, the CPU's flags and the probe, so that both capability answers are tested here
-whatever CPU runs the tests.
+served model, both formats, interleaved) shows it faster; otherwise float32. The decision
+(`choose_dtype`) is a pure function of the request, the device, the CPU's flags and the probe,
+so that both capability answers are tested here whatever CPU runs the tests.
 """
 
 from __future__ import annotations
