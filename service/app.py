@@ -1,16 +1,16 @@
-"""`create_app(settings)`: the FastAPI app, put together from service/http/ and service/lifecycle.py."""
+"""`create_app(settings, source)`: the FastAPI app, put together from service/http/ and service/lifecycle.py."""
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 from fastapi_offline import FastAPIOffline
 
 from service import __version__, lifecycle
-from service.engine import Engine
+from service.engine.handle import EngineSource
 from service.http import ops, v1, v2
 from service.http.error_handlers import install_error_handlers
 from service.http.middleware import RequestContext
@@ -19,27 +19,18 @@ from service.lifecycle import ServiceState
 from service.settings import Settings
 
 
-def create_app(
-    settings: Settings,
-    engine_factory: Callable[[Settings], Engine] = Engine.from_settings,
-    engine_socket: str | None = None,
-) -> FastAPI:
-    """The service for `settings`; `engine_factory` loads the model (in a thread, after
-    start-up), or, in a front-end process, the engine process listens at `engine_socket`."""
+def create_app(settings: Settings, source: EngineSource) -> FastAPI:
+    """The service for `settings`, reaching its engine as `source` says (the process layout's
+    choice: service/engine/handle.py)."""
     state = ServiceState(settings)
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        if engine_socket is not None:
-            # A front-end starts listening only once ready (uvicorn listens after the lifespan has
-            # started), so that the kernel never hands its share of connections to a front-end
-            # that would answer 503: neither at start-up nor when one is replaced.
-            loader = asyncio.create_task(lifecycle.start_front_end(state, engine_socket))
+        loader = asyncio.create_task(lifecycle.start(state, source))
+        if source.listen_once_ready:  # uvicorn listens once the lifespan has started
             await loader
             if state.status != "ready":
                 raise RuntimeError("the front-end failed to start")
-        else:
-            loader = asyncio.create_task(lifecycle.start(state, engine_factory))
         try:
             yield
         finally:

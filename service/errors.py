@@ -104,3 +104,21 @@ def first_error(errors: Sequence[Mapping[str, Any]]) -> str:
 def invalid_parameter(errors: Sequence[Mapping[str, Any]]) -> InvalidParameter:
     """pydantic's validation errors (of query, header or body parameters) as one 422 naming the first."""
     return InvalidParameter(first_error(errors))
+
+
+# The errors an engine process sends its front-ends, by name; anything else it sends is a failure.
+_WIRE: dict[str, type[ServiceError]] = {kind.__name__: kind for kind in (Overloaded, DeadlineExceeded, NotReady)}
+
+
+def to_wire(error: BaseException) -> list[str]:
+    """An engine-side error as it crosses to a front-end: [kind, message]. The batcher's refusals
+    keep their kind; anything else (a failed pass, a cancelled item) is InferenceFailed."""
+    if type(error) in _WIRE.values():
+        return [type(error).__name__, str(error)]
+    return ["InferenceFailed", str(error) if isinstance(error, InferenceFailed) else "inference failed"]
+
+
+def from_wire(outcome: Sequence[str]) -> ServiceError:
+    """The error a front-end raises for an engine's [kind, message]."""
+    kind, message = outcome
+    return _WIRE.get(kind, InferenceFailed)(message)

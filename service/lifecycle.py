@@ -1,8 +1,8 @@
 """What the running service holds, and its life: load, warm up, start, turn ready; drain; stop.
 
 `ServiceState` is the one mutable object behind the routes: its status (loading, ready,
-draining, failed), the engine, batcher and decode processes once started, the resolved
-settings, and the count of admitted requests that draining waits for.
+draining, failed), the engine (an `EngineHandle`) and decode processes once started, the
+resolved settings, and the count of admitted requests that draining waits for.
 """
 
 from __future__ import annotations
@@ -10,15 +10,12 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
-import torch
-
 from service.decoding import DecodePool
-from service.engine import Batcher, Engine, ModelCard
-from service.engine.remote import EngineClient
+from service.engine.card import ModelCard
+from service.engine.handle import EngineHandle, EngineSource
 from service.metrics import Metrics
 from service.settings import Resolved, Settings
 
@@ -33,86 +30,36 @@ class ServiceState:
     metrics: Metrics = field(default_factory=Metrics)
     status: Status = "loading"
     resolved: Resolved | None = None  # once the engine knows its device
-    engine: Engine | None = None  # in this process; with VIT_WORKERS > 1 it runs in the engine process
-    card: ModelCard | None = None  # what the routes know of the model, from either
-    batcher: Batcher | EngineClient | None = None  # the engine's own, or the connection to it
+    engine: EngineHandle | None = None  # in this process or in an engine process: never asked which
     decode_pool: DecodePool | None = None
     admitted: int = 0  # requests past the readiness check and not yet answered
 
     @property
+    def card(self) -> ModelCard | None:
+        """What the routes know of the model, once the engine is there."""
+        return self.engine.card if self.engine is not None else None
+
+    @property
     def readiness(self) -> Status:
-        """`ready` only while the batch loop runs: a dead loop is never reported healthy."""
-        if self.status == "ready" and (self.batcher is None or not self.batcher.running):
+        """`ready` only while the engine runs: a dead batch loop or engine process is never
+        reported healthy."""
+        if self.status == "ready" and (self.engine is None or not self.engine.running):
             return "failed"
         return self.status
 
 
-async def start(state: ServiceState, engine_factory: Callable[[Settings], Engine]) -> None:
-    """Load and warm up the model in this process, start its batcher and the decode processes,
-    then turn ready; any failure turns `failed`."""
+async def start(state: ServiceState, source: EngineSource) -> None:
+    """Reach the engine (load and warm it up, or connect to the engine process), start the
+    decode processes, then turn ready; any failure turns `failed`."""
     try:
         settings = state.settings
-        engine = await asyncio.to_thread(engine_factory, settings)
-        state.engine, state.card = engine, engine.card
-        state.batcher, resolved = await warm_up(engine, settings, state.metrics)
-        state.resolved = resolved
+        engine = state.engine = await source.connect(settings, state.metrics)
+        resolved = state.resolved = settings.resolve(engine.card.device_type)
         await _start_decoding(state, engine.card, resolved)
         _turn_ready(state, engine.card, resolved)
     except Exception:
         state.status = "failed"
         log.exception("start-up failed")
-
-
-async def start_front_end(state: ServiceState, engine_socket: str) -> None:
-    """A front-end (VIT_WORKERS > 1): connect to the engine process at `engine_socket` (loading
-    until it listens, which it does once its model is warm), start the decode processes, then
-    turn ready; any failure turns `failed`."""
-    try:
-        settings = state.settings
-        client = await _connect(settings, engine_socket)
-        state.card, state.batcher = client.card, client
-        resolved = state.resolved = settings.resolve(client.card.device_type)
-        await _start_decoding(state, client.card, resolved)
-        _turn_ready(state, client.card, resolved)
-    except Exception:
-        state.status = "failed"
-        log.exception("start-up failed")
-
-
-async def _connect(settings: Settings, path: str) -> EngineClient:
-    def arena_bytes(card: ModelCard) -> int:
-        resolved = settings.resolve(card.device_type)
-        return EngineClient.arena_bytes(card, resolved.max_queue_size, settings.max_images_per_request)
-
-    while True:
-        try:
-            return await EngineClient.connect(path, arena_bytes)
-        except (FileNotFoundError, ConnectionRefusedError):  # the engine is still loading
-            await asyncio.sleep(0.1)
-
-
-async def warm_up(engine: Engine, settings: Settings, metrics: Metrics) -> tuple[Batcher[torch.Tensor], Resolved]:
-    """Run every batch-size bucket once (compiling each, on a compiled engine), then start the
-    batcher that feeds `engine`: in this process, or in the engine process (VIT_WORKERS > 1)."""
-    resolved = settings.resolve(engine.device.type)
-    await asyncio.to_thread(engine.warmup, resolved.max_batch_size)
-    batcher = make_batcher(engine, settings, resolved, metrics)
-    batcher.start()
-    return batcher, resolved
-
-
-def make_batcher(engine: Engine, settings: Settings, resolved: Resolved, metrics: Metrics) -> Batcher[torch.Tensor]:
-    """The batcher that feeds `engine`, in whichever process holds it."""
-    return Batcher(
-        engine.stage,
-        engine.forward,
-        max_batch_size=resolved.max_batch_size,
-        max_wait_s=settings.max_wait_ms / 1000,
-        max_queue_size=resolved.max_queue_size,
-        metrics=metrics,
-        max_in_flight=2 if engine.pipelined else 1,
-        compute_thread=engine.torch_thread,
-    )
 
 
 async def _start_decoding(state: ServiceState, card: ModelCard, resolved: Resolved) -> None:
@@ -151,8 +98,8 @@ async def drain(state: ServiceState) -> None:
     deadline = loop.time() + state.settings.shutdown_timeout_s
     while state.admitted and loop.time() < deadline:
         await asyncio.sleep(0.005)
-    if state.batcher is not None and state.batcher.running:
-        finished = await state.batcher.drain(max(0.0, deadline - loop.time())) and not state.admitted
+    if state.engine is not None and state.engine.running:
+        finished = await state.engine.drain(max(0.0, deadline - loop.time())) and not state.admitted
         log.info("drained the queue" if finished else "shutdown timeout: unfinished requests were answered 503")
 
 

@@ -3,7 +3,7 @@
 Routes (service/http/) turn a request into images and parameters and results into a response;
 everything between is here, once: the request's deadline, reading the body within it, decoding
 in the decode processes, queueing for the shared batches, and abandoning all of it when the
-client leaves. The engine is reached only through `Batcher.submit` (see service/engine/).
+client leaves. The engine is reached only through `EngineHandle.submit` (service/engine/handle.py).
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from starlette.requests import Request
 from model.config import Layer
 from model.preprocess import ImageTooLarge, UnsupportedImageFormat
 from service.decoding import DecodeFailed, DecodePool
-from service.engine import Batcher, ItemResult, ModelCard
-from service.engine.remote import EngineClient
+from service.engine import ItemResult, ModelCard
+from service.engine.handle import EngineHandle
 from service.errors import (
     ClientDisconnected,
     InvalidImage,
@@ -41,9 +41,12 @@ class Serving:
     settings: Settings
     resolved: Resolved
     metrics: Metrics
-    card: ModelCard
-    batcher: Batcher | EngineClient  # the engine's, or (in a front-end) the engine process's
+    engine: EngineHandle
     decode_pool: DecodePool
+
+    @property
+    def card(self) -> ModelCard:
+        return self.engine.card
 
 
 def deadline_of(request: Request, settings: Settings) -> float:
@@ -96,7 +99,7 @@ async def _decode_and_submit(
     encoded = [image for image in images if isinstance(image, bytes)]
     decoded = iter(await decode(serving.decode_pool, encoded) if encoded else [])
     tensors = [next(decoded) if isinstance(image, bytes) else image for image in images]
-    return await serving.batcher.submit(tensors, deadline, layer)
+    return await serving.engine.submit(tensors, deadline, layer)
 
 
 async def _client_gone(request: Request) -> None:

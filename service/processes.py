@@ -26,10 +26,8 @@ alone, which then stops them in order) and die with the supervisor (PR_SET_PDEAT
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import ctypes
-import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -85,12 +83,13 @@ def serve(settings: Settings) -> int:
             return 1
         return group.run()
     from service.app import create_app
+    from service.engine.handle import in_process
     from service.http.server import DrainingServer, server_config
 
     engine = load_engine(settings)  # before serving, so that a bad checkpoint stops start-up
     if engine is None:
         return 2
-    app = create_app(settings, engine_factory=lambda _: engine)
+    app = create_app(settings, in_process(lambda _: engine))
     options = {"host": settings.host, "port": settings.port, "log_config": log_config, "access_log": False}
     DrainingServer(server_config(app, settings, **options), app.state.service).run()
     return 0
@@ -275,11 +274,12 @@ def _front_end_main(settings: Settings, engine_socket: str, port: int, index: in
     import torch
 
     from service.app import create_app
+    from service.engine.remote import engine_process
     from service.http.server import DrainingServer, server_config
 
     log_config = _as_child(f"front-end {index}", settings)  # its file limit: the supervisor's, raised
     torch.set_num_threads(1)  # a front-end computes nothing: no OpenMP team to spin on the cores
-    app = create_app(settings, engine_socket=engine_socket)
+    app = create_app(settings, engine_process(engine_socket))
     sock = reuseport_socket(settings.host, port)
     sock.listen(_BACKLOG)
     config = server_config(app, settings, log_config=log_config, access_log=False)
@@ -288,9 +288,9 @@ def _front_end_main(settings: Settings, engine_socket: str, port: int, index: in
 
 def _engine_main(settings: Settings, engine_socket: str) -> None:
     import torch
-    import uvloop
 
     from service.engine.device import resolve_device
+    from service.engine.remote import serve_engine
 
     _as_child("engine", settings)
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the supervisor stops the engine, last
@@ -298,38 +298,4 @@ def _engine_main(settings: Settings, engine_socket: str) -> None:
     engine = load_engine(settings)
     if engine is None:
         sys.exit(2)
-    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # uvloop, as the front-ends' uvicorn
-        sys.exit(runner.run(_run_engine(engine, settings, engine_socket)))
-
-
-async def _run_engine(engine: Engine, settings: Settings, path: str) -> int:
-    """Warm up, then serve the front-ends until SIGTERM (0) or the batch loop dies (1)."""
-    import torch
-
-    from service.engine.remote import EngineServer
-    from service.lifecycle import warm_up
-    from service.metrics import Metrics
-
-    metrics = Metrics()
-    batcher, _ = await warm_up(engine, settings, metrics)
-    stop = asyncio.Event()
-    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
-    gc.freeze()  # as in service/lifecycle.py
-    serving = asyncio.create_task(EngineServer(batcher, engine.card).serve(path))
-    log.info(
-        "engine ready: %s on %s (%s), %d torch threads",
-        engine.model_id,
-        engine.device,
-        engine.dtype_name,
-        torch.get_num_threads(),
-    )
-    while not stop.is_set() and batcher.running and not serving.done():
-        for kind, value in engine.gpu_memory().items():
-            metrics.gpu_memory.labels(kind=kind).set(value)
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), 1.0)
-    status = 0 if stop.is_set() else 1
-    serving.cancel()
-    await asyncio.gather(serving, return_exceptions=True)
-    await batcher.close()
-    return status
+    sys.exit(serve_engine(engine, settings, engine_socket))

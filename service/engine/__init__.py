@@ -1,10 +1,10 @@
 """The engine: the model on its device (`device`) and the micro-batcher that feeds it (`batcher`).
 
-The request pipeline (service/pipeline.py) reaches the engine only through
-`submit(images, deadline, layer) -> [ItemResult]`: uint8 pixels in, rows of one forward pass
-out; `Batcher.submit` in one process, `remote.EngineClient.submit` (the same contract over shared
-memory and a Unix socket) in a front-end of `VIT_WORKERS` > 1. Nothing on this side knows about
-HTTP, and nothing on the other side knows about torch devices.
+The rest of the service reaches the engine only through an `EngineHandle` (handle.py):
+`submit(images, deadline, layer) -> [ItemResult]`, uint8 pixels in, rows of one forward pass out.
+`LocalEngine` holds the model in this process; `remote.EngineClient` reaches it in the engine
+process of `VIT_WORKERS` > 1 (remote.py: the wire, the client, the server and the engine
+process's main loop). Nothing here knows about HTTP, and nothing outside knows which it holds.
 """
 
 from service.engine.batcher import Batcher, ItemResult

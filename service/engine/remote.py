@@ -1,5 +1,6 @@
 """The engine across a process boundary (VIT_WORKERS > 1): `EngineClient` in each front-end,
-`EngineServer` in the engine process, over a Unix socket.
+`EngineServer` in the engine process (`serve_engine`: its life once the model is loaded), over a
+Unix socket.
 
 `EngineClient.submit(images, deadline, layer)` keeps `Batcher.submit`'s contract, so the
 request pipeline cannot tell the two apart: one result per image, computed in the batches the
@@ -27,9 +28,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import itertools
 import json
 import logging
+import signal
 import socket
 import time
 from collections.abc import Callable, Sequence
@@ -43,13 +46,14 @@ from model.config import Layer
 from service.engine.arena import Arena, aligned
 from service.engine.batcher import Batcher, Item, ItemResult
 from service.engine.card import ModelCard
-from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded, ServiceError
+from service.engine.device import Engine
+from service.engine.handle import EngineHandle, EngineSource, LocalEngine
+from service.errors import DeadlineExceeded, NotReady, Overloaded, ServiceError, from_wire, to_wire
+from service.metrics import Metrics
+from service.settings import Settings
 
 log = logging.getLogger(__name__)
 
-_ERRORS: dict[str, type[ServiceError]] = {
-    kind.__name__: kind for kind in (Overloaded, DeadlineExceeded, NotReady, InferenceFailed)
-}
 _FLOAT = np.dtype("<f4")
 _HELLO = 8  # bytes: the arena's size, sent with its memfd
 
@@ -167,7 +171,12 @@ class _Pending:
 
 
 class EngineClient:
-    """A front-end's connection to the engine process: `submit` as `Batcher.submit`."""
+    """A front-end's connection to the engine process: an `EngineHandle` (service/engine/handle.py).
+
+    Who gives a request's region of the arena back, once: the engine owns it from `submit` until
+    its `done` arrives; then `_on_message` gives it back, unless results wait there for a caller
+    still waiting, which reads them and gives it back itself (also if it is cancelled between
+    the two)."""
 
     def __init__(self, card: ModelCard, arena: Arena) -> None:
         self.card, self.arena = card, arena
@@ -209,6 +218,10 @@ class EngineClient:
     def running(self) -> bool:
         """False once the engine process has gone (or the connection was closed)."""
         return self._link.open
+
+    def gpu_memory(self) -> dict[str, int]:
+        """Nothing: the engine process sets the group's GPU memory gauges itself."""
+        return {}
 
     async def submit(
         self, images: Sequence[torch.Tensor], deadline: float, layer: Layer | None = None
@@ -252,7 +265,7 @@ class EngineClient:
         finally:
             timer.cancel()
         if outcome is not None:
-            raise _ERRORS.get(outcome[0], InferenceFailed)(outcome[1])
+            raise from_wire(outcome)
         try:
             return [self.layout.read(self.arena, offset, layer) for offset in offsets]
         finally:
@@ -261,7 +274,7 @@ class EngineClient:
     def _expire(self, request_id: int) -> None:
         pending = self._pending.get(request_id)
         if pending is not None and not pending.future.done():
-            pending.future.set_result(["DeadlineExceeded", "the request was not computed within its deadline"])
+            pending.future.set_result(to_wire(DeadlineExceeded("the request was not computed within its deadline")))
             self._link.send(["cancel", request_id])
 
     def _on_message(self, message: list[Any]) -> None:
@@ -279,7 +292,7 @@ class EngineClient:
             log.error("the engine process closed its connection: %d requests answered 503", len(self._pending))
         for pending in self._pending.values():
             if not pending.future.done():
-                pending.future.set_result(["NotReady", "the engine process stopped"])
+                pending.future.set_result(to_wire(NotReady("the engine process stopped")))
         self._pending.clear()
 
     async def drain(self, timeout_s: float) -> bool:
@@ -297,6 +310,24 @@ class EngineClient:
         self.arena.close()
 
 
+def engine_process(path: str) -> EngineSource:
+    """The engine in the group's engine process, listening at `path`: connect once it listens
+    (it does once its model is warm), with an arena for this front-end's share of its queue."""
+
+    async def connect(settings: Settings, metrics: Metrics) -> EngineHandle:
+        def arena_bytes(card: ModelCard) -> int:
+            resolved = settings.resolve(card.device_type)
+            return EngineClient.arena_bytes(card, resolved.max_queue_size, settings.max_images_per_request)
+
+        while True:
+            try:
+                return await EngineClient.connect(path, arena_bytes)
+            except (FileNotFoundError, ConnectionRefusedError):  # the engine is still loading
+                await asyncio.sleep(0.1)
+
+    return EngineSource(connect, listen_once_ready=True)
+
+
 async def _receive_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -> bytes:
     data = bytearray()
     while len(data) < 4 or len(data) < 4 + int.from_bytes(data[:4], "little"):
@@ -308,6 +339,41 @@ async def _receive_frame(loop: asyncio.AbstractEventLoop, sock: socket.socket) -
 
 
 # -------------------------------------------------------------------------- engine side
+
+
+def serve_engine(engine: Engine, settings: Settings, path: str) -> int:
+    """The engine process's life once its model is loaded: warm up, serve the front-ends at
+    `path` until SIGTERM (0) or the batch loop dies (1)."""
+    import uvloop
+
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:  # uvloop, as the front-ends' uvicorn
+        return runner.run(_serve_engine(engine, settings, path))
+
+
+async def _serve_engine(engine: Engine, settings: Settings, path: str) -> int:
+    metrics = Metrics()
+    local = await LocalEngine.start(engine, settings, metrics)
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    gc.freeze()  # as in service/lifecycle.py
+    serving = asyncio.create_task(EngineServer(local.batcher, engine.card).serve(path))
+    log.info(
+        "engine ready: %s on %s (%s), %d torch threads",
+        engine.model_id,
+        engine.device,
+        engine.dtype_name,
+        torch.get_num_threads(),
+    )
+    while not stop.is_set() and local.running and not serving.done():
+        for kind, value in local.gpu_memory().items():
+            metrics.gpu_memory.labels(kind=kind).set(value)
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), 1.0)
+    status = 0 if stop.is_set() else 1
+    serving.cancel()
+    await asyncio.gather(serving, return_exceptions=True)
+    await local.batcher.close()
+    return status
 
 
 class EngineServer:
@@ -385,7 +451,7 @@ class _FrontEnd:
         try:
             queued = self.server.batcher.enqueue(images, deadline, layer)
         except ServiceError as exc:
-            self.link.send(["done", request_id, [type(exc).__name__, str(exc)]])
+            self.link.send(["done", request_id, to_wire(exc)])
             return
         request = self._requests[request_id] = _Request(self, request_id, [offset for offset, _ in items], queued)
         for item in queued:
@@ -399,9 +465,9 @@ class _FrontEnd:
             try:
                 for offset, item in zip(request.offsets, request.queued, strict=True):
                     self.server.layout.write(self.arena, offset, item.future.result())
-            except Exception:
+            except Exception as exc:
                 log.exception("writing results for a front-end failed")
-                outcome = ["InferenceFailed", "inference failed"]
+                outcome = to_wire(exc)
         self.link.send(["done", request.request_id, outcome])
 
     def _on_lost(self) -> None:
@@ -434,10 +500,7 @@ class _Request:
         self.running -= 1
         error = None if future.cancelled() else future.exception()  # retrieved, every one
         if self.failure is None and (future.cancelled() or error is not None):
-            if isinstance(error, ServiceError):
-                self.failure = [type(error).__name__, str(error)]
-            else:
-                self.failure = ["Cancelled" if error is None else "InferenceFailed", "the request was not computed"]
+            self.failure = to_wire(error or asyncio.CancelledError())
             self.front_end.server.batcher.forget(self.queued)  # the rest would be computed in vain
         if self.running == 0:
             self.front_end.finish(self)

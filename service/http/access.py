@@ -53,12 +53,12 @@ async def admit(request: Request) -> AsyncIterator[Serving]:
     state = state_of(request)
     check_api_key(state, request)
     status = state.readiness
-    card, batcher, pool, resolved = state.card, state.batcher, state.decode_pool, state.resolved
-    if status != "ready" or card is None or batcher is None or pool is None or resolved is None:
+    engine, pool, resolved = state.engine, state.decode_pool, state.resolved
+    if status != "ready" or engine is None or pool is None or resolved is None:
         raise NotReady(f"the service is {status}")
     state.admitted += 1
     try:
-        yield Serving(state.settings, resolved, state.metrics, card, batcher, pool)
+        yield Serving(state.settings, resolved, state.metrics, engine, pool)
     finally:
         state.admitted -= 1
 

@@ -20,6 +20,7 @@ from fastapi import FastAPI
 
 from service.app import create_app
 from service.engine import BatchOutput, Engine
+from service.engine.handle import in_process
 from service.http.server import server_config
 from service.settings import Settings
 
@@ -84,7 +85,7 @@ async def serve(
             async with httpx.AsyncClient(base_url=url, timeout=30) as client:
                 yield app, client
         return
-    app = create_app(settings, engine_factory)
+    app = create_app(settings, in_process(engine_factory))
     async with app.router.lifespan_context(app):
         transport = httpx.ASGITransport(app=app)
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -106,7 +107,7 @@ def live_server(
     settings: Settings, engine_factory: Callable[[Settings], Engine] = Engine.from_settings, wait_ready: bool = True
 ) -> Iterator[tuple[str, FastAPI]]:
     """uvicorn on 127.0.0.1 (a free port) in a thread; yields the base URL once started (and ready)."""
-    app = create_app(settings, engine_factory)
+    app = create_app(settings, in_process(engine_factory))
     config = server_config(app, settings, host="127.0.0.1", port=0, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, daemon=True)

@@ -17,7 +17,7 @@ def dropped(app) -> float:
 
 async def test_a_client_that_hangs_up_is_dropped_and_never_computed() -> None:
     async with serve(tiny_settings(max_batch_size=1), controlled) as (app, client):
-        engine, batcher = app.state.service.engine, app.state.service.batcher
+        engine, batcher = app.state.service.engine.engine, app.state.service.engine.batcher
         warmup = len(engine.batch_sizes)
         engine.gate.clear()
         running = asyncio.create_task(client.post("/v1/classify", content=PNG, headers={"content-type": "image/png"}))
@@ -48,7 +48,7 @@ async def test_a_client_that_hangs_up_is_dropped_and_never_computed() -> None:
 
 async def test_a_dead_batch_loop_turns_readiness_red() -> None:
     async with serve(tiny_settings()) as (app, client):
-        batcher = app.state.service.batcher
+        batcher = app.state.service.engine.batcher
 
         async def broken() -> list:
             raise RuntimeError("a bug in the batch loop")

@@ -23,6 +23,7 @@ from schemathesis.specs.openapi.checks import positive_data_acceptance
 from model.preprocess import ImageError, PreprocessConfig, load_image
 from service.app import create_app
 from service.engine import Engine
+from service.engine.handle import in_process
 from service.http.openapi import openapi
 from tests.images import encode, gradient
 from tests.service.conftest import live_server, tiny_settings
@@ -46,7 +47,7 @@ def base_url() -> Iterator[str]:
 
 
 # The schema the service serves once its model is loaded (its bounds included; checked below).
-SERVED = openapi(create_app(tiny_settings()), tiny_settings(), Engine.from_settings(tiny_settings()).card)
+SERVED = openapi(create_app(tiny_settings(), in_process()), tiny_settings(), Engine.from_settings(tiny_settings()).card)
 # A request the schema refuses is refused by the service with one of schemathesis's statuses, or
 # with 413 (too many images, docs/API.md, Errors), which it does not count as a refusal.
 REJECTED = [*NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES, "413"]

@@ -70,7 +70,7 @@ async def test_features_are_the_models_hidden_states(layer: int, tokens: str, dt
     settings = tiny_settings()
     async with serve(settings, over="asgi") as (app, c):
         response = await c.post(f"/v1/features?layer={layer}&tokens={tokens}&dtype={dtype}", json={"images": DATA_URLS})
-        engine: Engine = app.state.service.engine
+        engine: Engine = app.state.service.engine.engine
     assert response.status_code == 200
     body = response.json()
     assert (body["layer"], body["tokens"], body["dtype"], body["model"]) == (layer, tokens, dtype, "vit_test_tiny")
@@ -88,7 +88,7 @@ async def test_features_are_the_models_hidden_states(layer: int, tokens: str, dt
 
 async def test_features_and_labels_share_one_forward_pass() -> None:
     async with serve(tiny_settings(), controlled, over="asgi") as (app, c):
-        engine, batcher = app.state.service.engine, app.state.service.batcher
+        engine, batcher = app.state.service.engine.engine, app.state.service.engine.batcher
         warmup = len(engine.batch_sizes)
         engine.gate.clear()
         blocker = asyncio.create_task(c.post("/v1/embeddings", content=PNG, headers={"content-type": "image/png"}))

@@ -16,9 +16,9 @@ import torch
 
 from service.app import create_app
 from service.engine import Batcher
-from service.engine.remote import EngineClient, EngineServer
+from service.engine.handle import make_batcher
+from service.engine.remote import EngineClient, EngineServer, engine_process
 from service.errors import DeadlineExceeded, NotReady, Overloaded
-from service.lifecycle import make_batcher
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.images import encode, gradient
@@ -179,7 +179,7 @@ async def test_a_front_end_app_turns_unready_when_the_engine_goes(tmp_path: Path
     """The whole front-end (create_app with an engine socket) over ASGI: it answers from the
     engine, and its readiness turns 503 the moment the engine's connection closes."""
     async with remote(tmp_path) as r:
-        app = create_app(tiny_settings(), engine_socket=r.path)
+        app = create_app(tiny_settings(), engine_process(r.path))
         async with app.router.lifespan_context(app):
             transport = httpx.ASGITransport(app=app)
             async with httpx.AsyncClient(transport=transport, base_url="http://test") as http:
@@ -189,7 +189,7 @@ async def test_a_front_end_app_turns_unready_when_the_engine_goes(tmp_path: Path
                 assert answer.status_code == 200
                 assert (await http.get("/readyz")).json() == {"status": "ready"}
                 r.server.cancel()
-                await until(lambda: not app.state.service.batcher.running)
+                await until(lambda: not app.state.service.engine.running)
                 ready = await http.get("/readyz")
                 assert (ready.status_code, ready.json()) == (503, {"status": "failed"})
                 refused = await http.post("/v1/embeddings", content=png, headers={"content-type": "image/png"})

@@ -218,14 +218,14 @@ async def test_warmup_and_every_batch_run_on_the_engines_thread() -> None:
     async with serve(tiny_settings(), controlled, over="asgi") as (app, c):
         response = await c.post("/v1/classify", content=PNG, headers={"content-type": "image/png"})
         assert response.status_code == 200
-        engine = app.state.service.engine
+        engine = app.state.service.engine.engine
         assert engine.threads == {"vit-torch_0"} and len(engine.batch_sizes) == 5  # buckets 1..8, then one
 
 
 async def test_overloaded_deadline_and_internal() -> None:
     settings = tiny_settings(max_batch_size=1, max_queue_size=2, max_images_per_request=2)
     async with serve(settings, controlled) as (app, c):
-        engine, batcher = app.state.service.engine, app.state.service.batcher
+        engine, batcher = app.state.service.engine.engine, app.state.service.engine.batcher
         engine.gate.clear()
         post = {"content": PNG, "headers": {"content-type": "image/png"}}
         # Fill the pipeline one request at a time: one running (on the CPU the next batch is
@@ -263,7 +263,7 @@ async def test_overloaded_deadline_and_internal() -> None:
 
 async def test_request_timeout_header_may_only_shorten_the_deadline() -> None:
     async with serve(tiny_settings(request_timeout_s=0.3), controlled) as (app, c):
-        engine = app.state.service.engine
+        engine = app.state.service.engine.engine
         engine.gate.clear()
         try:
             longer = await c.post(
