@@ -45,7 +45,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--concurrency", default="1,8,16,64,256")
     p.add_argument("--images-per-request", default="1,16")
     p.add_argument("--sizes", default=",".join(SIZES))
-    p.add_argument("--workers", default="1", help="vit-serve's VIT_WORKERS values to compare, interleaved by size")
+    p.add_argument(
+        "--workers",
+        default="1",
+        help="vit-serve's process layouts to compare: VIT_WORKERS values, 'e' after one for an engine process (1e)",
+    )
+    p.add_argument("--rounds", type=int, default=1, help="repeat the end-to-end runs, each layout in turn")
     p.add_argument(
         "--server-env", action="append", default=[], metavar="NAME=VALUE", help="more settings for vit-serve"
     )
@@ -72,6 +77,13 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 def batch_histogram(metrics_url: str) -> dict[str, float]:
     text = httpx.get(metrics_url).text
     return {le: float(v) for le, v in re.findall(r'^vit_batch_size_bucket\{le="([^"]+)"\} (\S+)$', text, re.M)}
+
+
+def layout_env(workers: str) -> dict[str, str]:
+    """vit-serve's settings for a process layout: "2" is VIT_WORKERS=2, "1e" one front-end with an
+    engine process (VIT_ENGINE_PROCESS=true)."""
+    count, engine = workers.removesuffix("e"), workers.endswith("e")
+    return {"VIT_WORKERS": count} | ({"VIT_ENGINE_PROCESS": "true"} if engine else {})
 
 
 def inference_seconds(metrics_url: str) -> float:
@@ -145,10 +157,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     f"{r['images_per_s']:8.1f} images/s"
                 )
     server_env = dict(item.split("=", 1) for item in args.server_env)
-    for system, workers in [(s, w) for s in args.systems.split(",") for w in _ints(args.workers)]:
-        if system != "vit-serve" and workers != _ints(args.workers)[0]:
-            continue  # the peers have no VIT_WORKERS: measured once
-        env = server_env | {"VIT_WORKERS": str(workers)}
+    layouts = args.workers.split(",")
+    runs = [(r, s, w) for r in range(args.rounds) for s in args.systems.split(",") for w in layouts]
+    for round_, system, workers in runs:
+        if system != "vit-serve" and workers != layouts[0]:
+            continue  # the peers have no VIT_WORKERS: measured once a round
+        env = server_env | layout_env(workers)
         with serve(system, args.model, args.max_batch_size, args.max_wait_ms, args.device, env) as server:
             results["servers"].append({"system": system, "workers": workers, "ready_s": server.ready_s})
             print(f"{system} with VIT_WORKERS={workers} ready in {server.ready_s:.1f} s")
@@ -157,7 +171,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                     body = json_body([jpeg(size, i) for i in range(per_request)])
                     for concurrency in _ints(args.concurrency):
                         point = _point(server, body, per_request, concurrency, args)
-                        row = {"system": system, "workers": workers, "image": size, **point}
+                        row = {"system": system, "workers": workers, "round": round_, "image": size, **point}
                         results["end_to_end"].append(row)
                         busy = f"  engine busy {row['engine_busy']:.2f}" if "engine_busy" in row else ""
                         print(
@@ -186,7 +200,7 @@ def summary(results: dict[str, Any], device: str) -> dict[str, Any]:
         for r in results["model_only"]
         if r["dtype"] == dtype and r["compiled"] == (served_compiled and measured_compiled)
     }
-    first_workers = int(results["settings"]["workers"].split(",")[0])
+    first_workers = results["settings"]["workers"].split(",")[0]
     e2e = {
         (r["system"], r["workers"], r["concurrency"]): r
         for r in results["end_to_end"]
@@ -225,6 +239,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
                 r
                 for r in results["end_to_end"]
                 if (r["system"], r["workers"]) == (system, workers)
+                and r["round"] == 0
                 and r["image"] == "224"
                 and r["images_per_request"] == 1
             ),

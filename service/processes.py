@@ -1,4 +1,5 @@
-"""The service's processes: one (VIT_WORKERS=1), or a supervised group (VIT_WORKERS=N > 1).
+"""The service's processes: one (the default), or a supervised group (VIT_WORKERS=N > 1, or
+VIT_ENGINE_PROCESS=true with one front-end).
 
     clients ──► :8000, one SO_REUSEPORT socket per front-end: the kernel spreads connections
                  │
@@ -75,7 +76,7 @@ def serve(settings: Settings) -> int:
             files,
             settings.max_connections,
         )
-    if settings.workers > 1:
+    if settings.grouped:
         try:
             group = Group(settings)
         except OSError as exc:  # the port is taken, or the host is not this machine's

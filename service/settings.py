@@ -53,6 +53,9 @@ class Settings(BaseSettings):
     workers: int = Field(
         1, ge=1, le=256, description="front-end processes (HTTP, decoding); above 1 the model gets a process of its own"
     )
+    engine_process: bool | None = Field(
+        None, description="the model in a process of its own behind the front-ends (default: when VIT_WORKERS > 1)"
+    )
     decode_processes: int | None = Field(
         None, ge=1, le=256, description="image decoding processes per front-end (default: cores / workers, at least 2)"
     )
@@ -145,6 +148,17 @@ class Settings(BaseSettings):
         return self
 
     @model_validator(mode="after")
+    def _front_ends_share_an_engine_process(self) -> Settings:
+        if self.workers > 1 and self.engine_process is False:
+            raise ValueError("VIT_WORKERS > 1 needs VIT_ENGINE_PROCESS: front-ends share the model through it")
+        return self
+
+    @property
+    def grouped(self) -> bool:
+        """Whether the service is a supervised group (front-ends and an engine process), not one process."""
+        return self.workers > 1 if self.engine_process is None else self.engine_process
+
+    @model_validator(mode="after")
     def _int8_is_compiled_float32(self) -> Settings:
         if self.quantize == "int8" and self.compile is False:
             raise ValueError(
@@ -165,7 +179,7 @@ class Settings(BaseSettings):
             max_queue_size=self.max_queue_size or 16 * max_batch_size,
             decode_processes=self.decode_processes or max(2, -(-cores // self.workers)),
             compile=(cuda or self.quantize == "int8") if self.compile is None else self.compile,
-            engine_threads=cores if self.workers == 1 else max(1, cores - self.workers),
+            engine_threads=max(1, cores - self.workers) if self.grouped else cores,
         )
 
 

@@ -1,4 +1,5 @@
-"""The process group (VIT_WORKERS=2): real `python -m service` processes on 127.0.0.1.
+"""The process group (VIT_WORKERS=2, or VIT_ENGINE_PROCESS=true): real `python -m service`
+processes on 127.0.0.1.
 
 Front-ends answer exactly as one process does, their images share forward passes, /metrics adds
 up every process, a killed front-end is replaced, and the engine's death stops the service
@@ -63,18 +64,23 @@ def metric(text: str, series: str) -> float:
     return float(match.group(1)) if match else 0.0
 
 
-def test_two_front_ends_answer_exactly_as_one_process() -> None:
+def test_every_process_layout_answers_exactly_as_one_process() -> None:
     images = [encode(photo(), "JPEG", quality=90), encode(gradient(50, 40), "PNG")]
     paths = ["/v1/classify?top_k=3", "/v1/embeddings", "/v1/features?layer=-2&tokens=patch"]
-    answers = []
-    for workers in ("1", "2"):
-        env = {"VIT_WORKERS": workers, "VIT_DTYPE": "float32", "VIT_LOG_LEVEL": "warning"}
+    layouts = {  # the VIT_* settings, and the group's processes they must start
+        "one process": ({"VIT_WORKERS": "1"}, set()),
+        "one front-end and an engine process": ({"VIT_ENGINE_PROCESS": "true"}, {"vit-engine", "vit-front-end-1"}),
+        "two front-ends": ({"VIT_WORKERS": "2"}, {"vit-engine", "vit-front-end-1", "vit-front-end-2"}),
+    }
+    answers = {}
+    for name, (layout, processes) in layouts.items():
+        env = {**layout, "VIT_DTYPE": "float32", "VIT_LOG_LEVEL": "warning"}
         with server_process(**env) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-            answers.append(
-                [client.post(path, content=image).json() for path in paths for image in images]
-                + [client.get("/v1/models").json()]
-            )
-    assert answers[0] == answers[1]
+            assert set(children(server.proc.pid)) == processes, name
+            answers[name] = [client.post(path, content=image).json() for path in paths for image in images]
+            answers[name].append(client.get("/v1/models").json())
+    assert answers["one front-end and an engine process"] == answers["one process"]
+    assert answers["two front-ends"] == answers["one process"]
 
 
 def test_front_ends_share_forward_passes_and_metrics_add_up_across_processes() -> None:

@@ -53,3 +53,13 @@ def test_int8_is_compiled_and_float32_around_it(values: dict, message: str) -> N
         Settings(_env_file=None, quantize="int8", **values)
     assert Settings(_env_file=None, quantize="int8").resolve("cpu").compile
     assert not Settings(_env_file=None).resolve("cpu").compile
+
+
+def test_an_engine_process_comes_with_front_ends_or_alone() -> None:
+    assert not Settings(_env_file=None).grouped
+    assert Settings(_env_file=None, workers=2).grouped
+    alone = Settings(_env_file=None, engine_process=True)
+    assert alone.grouped and alone.resolve("cpu", cores=8).engine_threads == 7  # a core for the front-end
+    assert Settings(_env_file=None).resolve("cpu", cores=8).engine_threads == 8
+    with pytest.raises(ValidationError, match="VIT_WORKERS > 1 needs VIT_ENGINE_PROCESS"):
+        Settings(_env_file=None, workers=2, engine_process=False)
