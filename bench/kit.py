@@ -5,8 +5,9 @@ On a machine with a CUDA GPU it runs, each step in its own process with its own 
 1. the CUDA tests (tests/model/test_cuda.py, tests/service/engine/);
 2. end to end (`python -m bench`): ViT-B/16 in bfloat16 served eagerly (VIT_COMPILE=0, so a
    start costs seconds, not a compile per bucket), one 224×224 or 500×375 JPEG per request at
-   concurrency 1, 16, 64 and 256, with VIT_WORKERS=1 and 2: images/s, p50/p99, the engine's busy
-   fraction and the cores decoding used, beside the model alone, eager, at batch 1–256 with MFU;
+   concurrency 1, 16, 64 and 256, in one process, with one front-end and an engine process, and
+   with two front-ends: images/s, p50/p99, the engine's busy fraction and the cores decoding
+   used, beside the model alone, eager, at batch 1–256 with MFU;
 3. the serving ceiling with the null model (`python -m bench.ceiling`): the serving layer's limit;
 4. the model alone, compiled (`python -m bench.model_only`), at batch 1, 64 and 256: last,
    because compiling is the step whose length is least known.
@@ -85,7 +86,7 @@ def steps(dry_run: bool, peak: float | None) -> list[Step]:
         "--images-per-request",
         "1",
         "--workers",
-        "1,2",
+        "1,1e,2",
         "--server-env",
         "VIT_COMPILE=0",
         "--out",
@@ -95,7 +96,7 @@ def steps(dry_run: bool, peak: float | None) -> list[Step]:
     e2e += (
         ["--concurrency", "1,4", "--sizes", "224", "--duration", "1", "--warmup", "0.3", "--max-batch-size", "8"]
         if dry_run
-        else ["--concurrency", "1,16,64,256", "--sizes", "224,500x375", "--duration", "4", "--warmup", "1.5"]
+        else ["--concurrency", "1,16,64,256", "--sizes", "224,500x375", "--duration", "3", "--warmup", "1.5"]
     )
     ceiling = [*py, "bench.ceiling", "--workers", "1,2", "--no-decode-only", "--no-floors", "--out", "ceiling"]
     ceiling += ["--quick", "--concurrency", "1,4"] if dry_run else ["--duration", "3", "--concurrency", "1,16,64"]

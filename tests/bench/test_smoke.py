@@ -125,11 +125,11 @@ def test_the_gpu_kit_dry_run_runs_every_step_and_says_the_cuda_tests_skipped(tmp
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
     assert len(files) <= 8 and {"e2e/results.json", "ceiling/ceiling.json", "model-only.json"} <= set(files)
     e2e = json.loads((tmp_path / "e2e" / "results.json").read_text())
-    assert {r["workers"] for r in e2e["end_to_end"]} == {"1", "2"}
+    assert {r["workers"] for r in e2e["end_to_end"]} == {"1", "1e", "2"}
     for row in e2e["end_to_end"]:
         assert row["errors"] == 0 and row["images_per_s"] > 0
         assert row["engine_busy"] > 0 and row["decode_cores"] > 0  # from its /metrics and /proc
-    assert {s["workers"] for s in e2e["servers"]} == {"1", "2"} and all(s["ready_s"] > 0 for s in e2e["servers"])
+    assert {s["workers"] for s in e2e["servers"]} == {"1", "1e", "2"} and all(s["ready_s"] > 0 for s in e2e["servers"])
     summary = run.stdout.splitlines()
     assert any(line.startswith("served, VIT_WORKERS=2 224 c=4:") for line in summary)
     assert any(line.startswith("model alone, bfloat16+compile batch 2:") for line in summary)
