@@ -1,20 +1,19 @@
-"""The request pipeline every image route runs: deadline, read, decode, submit, await.
+"""The request pipeline every image route runs: decode, submit, await, within a deadline.
 
-Routes (service/http/) turn a request into images and parameters and results into a response;
-everything between is here, once: the request's deadline, reading the body within it, decoding
-in the decode processes, queueing for the shared batches, and abandoning all of it when the
-client leaves. The engine is reached only through `EngineHandle.submit` (service/engine/handle.py).
+Routes (service/http/) read a request into images, parameters and a deadline, and write results
+as a response; everything between is here, once, knowing nothing of HTTP: decoding in the
+decode processes, queueing for the shared batches, and abandoning both when the client leaves.
+The engine is reached only through `EngineHandle.submit` (service/engine/handle.py).
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from collections.abc import Sequence
+from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
-from starlette.requests import Request
 
 from model.config import Layer
 from model.preprocess import ImageTooLarge, UnsupportedImageFormat
@@ -28,9 +27,7 @@ from service.errors import (
     ServiceError,
     UnsupportedMediaType,
 )
-from service.inputs import ParsedInput, parse_images
 from service.metrics import Metrics
-from service.params import parse_seconds
 from service.settings import Resolved, Settings
 
 
@@ -49,37 +46,19 @@ class Serving:
         return self.engine.card
 
 
-def deadline_of(request: Request, settings: Settings) -> float:
-    """The request's deadline (monotonic): the server's timeout, shortened by X-Request-Timeout."""
-    timeout = settings.request_timeout_s
-    asked = parse_seconds("X-Request-Timeout", request.headers.get("x-request-timeout"))
-    if asked is not None:
-        timeout = min(timeout, asked)  # may only shorten the server's deadline
-    return time.monotonic() + timeout
-
-
-async def read_images(request: Request, serving: Serving, deadline: float) -> ParsedInput:
-    """The body's images and parameters, in any of /v1's three forms, counted before anything
-    is decoded."""
-    settings = serving.settings
-    return await parse_images(
-        request, settings.max_body_bytes, settings.max_images_per_request, settings.max_json_values, deadline
-    )
-
-
 async def compute(
-    request: Request,
     serving: Serving,
     endpoint: str,
     images: Sequence[bytes | torch.Tensor],
     deadline: float,
-    layer: Layer | None = None,
+    layer: Layer | None,
+    client_gone: Coroutine[Any, Any, None],
 ) -> list[ItemResult]:
-    """Decode the images given as bytes, queue them all for the shared batches, and wait. A
-    client that leaves abandons its request: images not yet decoded are never decoded, queued
-    ones never computed."""
+    """Decode the images given as bytes, queue them all for the shared batches, and wait, until
+    `deadline`. `client_gone` returns when the client leaves, which abandons the request: images
+    not yet decoded are never decoded, queued ones never computed."""
     work = asyncio.ensure_future(_decode_and_submit(serving, images, deadline, layer))
-    gone = asyncio.ensure_future(_client_gone(request))
+    gone = asyncio.ensure_future(client_gone)
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
     finally:
@@ -100,12 +79,6 @@ async def _decode_and_submit(
     decoded = iter(await decode(serving.decode_pool, encoded) if encoded else [])
     tensors = [next(decoded) if isinstance(image, bytes) else image for image in images]
     return await serving.engine.submit(tensors, deadline, layer)
-
-
-async def _client_gone(request: Request) -> None:
-    """Returns when the client disconnects (the body has been read, so only that can arrive)."""
-    while (await request.receive())["type"] != "http.disconnect":
-        pass
 
 
 async def decode(pool: DecodePool, images: list[bytes]) -> list[torch.Tensor]:

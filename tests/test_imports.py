@@ -55,3 +55,12 @@ def test_model_and_service_import_no_cycle() -> None:
 def test_the_cycle_finder_finds_one() -> None:
     assert _cycle({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == ["a", "b", "c", "a"]
     assert _cycle({"a": {"b"}, "b": set()}) is None
+
+
+def test_the_pipeline_knows_no_http() -> None:
+    """Routes read requests (service/http/); the pipeline takes images, a deadline and a signal."""
+    tree = ast.parse((ROOT / "service" / "pipeline.py").read_text())
+    modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module}
+    modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    web = {m for m in modules if m.split(".")[0] in ("starlette", "fastapi", "uvicorn") or m.startswith("service.http")}
+    assert not web, web

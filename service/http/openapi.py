@@ -5,7 +5,7 @@ did not announce (docs/API.md, OpenAPI).
 FastAPI's schema knows the routes; the rest is known only here: the bearer scheme when
 VIT_API_KEYS is set (keys are checked in service/http/access.py, not by a FastAPI dependency
 that would declare it), the image counts of VIT_MAX_IMAGES_PER_REQUEST, and, once the model is
-loaded, its bounds (`model_bounds` in service/params.py: `top_k` up to its classes, `layer`
+loaded, its bounds (`model_bounds` in service/http/params.py: `top_k` up to its classes, `layer`
 within its depth, OpenAI's `dimensions` equal to its embedding size), the table the service
 checks requests against too. Until then the schema is served without the model's bounds and not
 kept, so that the first request after loading gets the full one.
@@ -21,7 +21,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service.engine import ModelCard
 from service.http.access import BEARER
-from service.params import model_bounds
+from service.http.params import model_bounds
 from service.settings import Settings
 
 

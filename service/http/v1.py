@@ -14,17 +14,19 @@ from pydantic import BaseModel
 from service import schemas
 from service.errors import InferenceFailed, InvalidParameter, InvalidRequest
 from service.http.access import ERRORS, SECURED, admit, require_model
-from service.params import (
+from service.http.inputs import client_gone, read_images
+from service.http.params import (
     ClassifyParams,
     EmbeddingParams,
     FeatureParams,
     OpenAIEmbeddingParams,
     check_bounds,
+    deadline_of,
     from_query,
     merge,
     openapi_parameters,
 )
-from service.pipeline import Serving, compute, deadline_of, read_images
+from service.pipeline import Serving, compute
 
 router = APIRouter()
 
@@ -40,10 +42,10 @@ async def receive(
     before the body is read), the body's images (counted before anything is decoded), and the
     parameters (the query's, overridden by body fields) validated by `params_model`, or by
     `openai_model` for OpenAI's `input` form, which only a route that gives one accepts."""
-    deadline = deadline_of(request, serving.settings)
+    deadline = deadline_of(request.headers, serving.settings)
     query = from_query(params_model, request.query_params)
     check_bounds(serving.card, query)
-    parsed = await read_images(request, serving, deadline)
+    parsed = await read_images(request, serving.settings, deadline)
     if parsed.openai and openai_model is None:
         raise InvalidRequest(f'"input" is the OpenAI embeddings form, for /v1/embeddings; {endpoint} takes "images"')
     model = openai_model if parsed.openai and openai_model is not None else params_model
@@ -68,7 +70,7 @@ async def classify(request: Request) -> JSONResponse:
         endpoint = "/v1/classify"
         images, params, deadline = await receive(request, serving, endpoint, ClassifyParams)
         k = params.top_k or min(5, len(labels))
-        results = await compute(request, serving, endpoint, images, deadline)
+        results = await compute(serving, endpoint, images, deadline, None, client_gone(request))
     out = []
     for result in results:
         if result.probs is None:  # labels exist only for a model with a head
@@ -102,7 +104,7 @@ async def embeddings(request: Request) -> JSONResponse:
         openai = isinstance(params, OpenAIEmbeddingParams)
         if openai:
             require_model(card, params.model)
-        results = await compute(request, serving, endpoint, images, deadline)
+        results = await compute(serving, endpoint, images, deadline, None, client_gone(request))
     vectors = []
     for result in results:
         y = result.embedding.numpy()
@@ -129,7 +131,7 @@ async def features(request: Request) -> JSONResponse:
     async with admit(request) as serving:
         endpoint = "/v1/features"
         images, params, deadline = await receive(request, serving, endpoint, FeatureParams)
-        results = await compute(request, serving, endpoint, images, deadline, params.layer)
+        results = await compute(serving, endpoint, images, deadline, params.layer, client_gone(request))
     dtype_code = "<f2" if params.dtype == "float16" else "<f4"
     data = []
     for i, result in enumerate(results):

@@ -25,9 +25,9 @@ from service import __version__, schemas
 from service.engine import ModelCard
 from service.errors import InvalidParameter, InvalidRequest, UnsupportedMediaType, first_error
 from service.http.access import SECURED, admit, require_model, state_of
-from service.inputs import check_image_count, decode_base64, load_json, parse_off_loop, read_body
-from service.params import openapi_parameters, parse_count
-from service.pipeline import Serving, compute, deadline_of
+from service.http.inputs import check_image_count, client_gone, decode_base64, load_json, parse_off_loop, read_body
+from service.http.params import deadline_of, openapi_parameters, parse_count
+from service.pipeline import Serving, compute
 
 INPUTS = {"BYTES": "image", "UINT8": "pixels", "FP32": "pixel_values"}
 
@@ -38,7 +38,7 @@ router = APIRouter(
 )
 
 
-_STRICT = ConfigDict(strict=True)  # shapes are JSON integers, flags JSON booleans: see service/params.py
+_STRICT = ConfigDict(strict=True)  # shapes are JSON integers, flags JSON booleans: see service/http/params.py
 
 
 class InferInput(BaseModel):
@@ -128,7 +128,7 @@ async def infer(name: str, request: Request) -> Response:
 async def _infer(name: str, request: Request, serving: Serving) -> Response:
     card = serving.card
     require_model(card, name)
-    deadline = deadline_of(request, serving.settings)
+    deadline = deadline_of(request.headers, serving.settings)
     body, binary = await _request(request, serving, deadline)
     if len(body.inputs) != 1:
         raise InvalidRequest(f"expected one input tensor (image, pixels or pixel_values), got {len(body.inputs)}")
@@ -144,7 +144,7 @@ async def _infer(name: str, request: Request, serving: Serving) -> Response:
         raise InvalidRequest("an output is requested more than once")
     all_binary = _flag(body.parameters, "binary_data_output")
     images = _images(serving, tensor, _input_bytes(tensor, binary))
-    results = await compute(request, serving, "/v2/models/{name}/infer", images, deadline)
+    results = await compute(serving, "/v2/models/{name}/infer", images, deadline, None, client_gone(request))
     outputs, chunks = [], []
     for output in requested:
         rows = [r.probs if output.name == "probabilities" else r.embedding for r in results]

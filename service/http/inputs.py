@@ -23,7 +23,8 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import ClientDisconnect, Request
 
 from service.errors import ClientDisconnected, InvalidRequest, PayloadTooLarge, RequestTimeout, UnsupportedMediaType
-from service.params import parse_count
+from service.http.params import parse_count
+from service.settings import Settings
 
 T = TypeVar("T")
 
@@ -117,10 +118,14 @@ def _has_lone_surrogate(data: Any) -> bool:
     return False
 
 
-async def parse_images(
-    request: Request, max_body: int, max_images: int, max_json_values: int, deadline: float
-) -> ParsedInput:
-    """Read and split the body by its Content-Type."""
+async def read_images(request: Request, settings: Settings, deadline: float) -> ParsedInput:
+    """The body's images and parameters, in any of /v1's three forms, read by `deadline` and
+    split by its Content-Type, counted before anything is decoded."""
+    max_body, max_images, max_json_values = (
+        settings.max_body_bytes,
+        settings.max_images_per_request,
+        settings.max_json_values,
+    )
     content_type = request.headers.get("content-type", "")
     media_type = content_type.split(";")[0].strip().lower()
     if media_type not in RAW_IMAGE_TYPES | {"multipart/form-data", "application/json"}:
@@ -242,3 +247,9 @@ def decode_base64(text: str, index: int, key: str = "images") -> bytes:
         return base64.b64decode(payload, validate=True)
     except (binascii.Error, ValueError):
         raise InvalidRequest(f"{key}[{index}] is not valid base64") from None
+
+
+async def client_gone(request: Request) -> None:
+    """Returns when the client disconnects (the body has been read, so only that can arrive)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        pass

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import re
+import time
 from collections.abc import Callable, Mapping
 from typing import Any, Literal
 
@@ -25,6 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from model.config import ViTConfig
 from service.engine.card import ModelCard
 from service.errors import InvalidParameter, invalid_parameter
+from service.settings import Settings
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 # A positive decimal: a nonzero digit before the point, or after it (the OpenAPI schema says the same).
@@ -189,3 +191,12 @@ def openapi_parameters(model: type[BaseModel] | None) -> list[dict[str, Any]]:
         }
     )
     return parameters
+
+
+def deadline_of(headers: Mapping[str, str], settings: Settings) -> float:
+    """A request's deadline (monotonic): the server's timeout, shortened by X-Request-Timeout."""
+    timeout = settings.request_timeout_s
+    asked = parse_seconds("X-Request-Timeout", headers.get("x-request-timeout"))
+    if asked is not None:
+        timeout = min(timeout, asked)  # may only shorten the server's deadline
+    return time.monotonic() + timeout

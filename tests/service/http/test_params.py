@@ -1,4 +1,4 @@
-"""Strict parameters (service/params.py): one spelling per boolean and integer, in the query, the
+"""Strict parameters (service/http/params.py): one spelling per boolean and integer, in the query, the
 body and headers alike; and the OpenAPI schema says so."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import httpx
 import pytest
 import pytest_asyncio
 
-from service.params import parse_count
+from service.http.params import parse_count
 from tests.images import encode, gradient
 from tests.service.conftest import serve, tiny_settings
 
