@@ -13,7 +13,7 @@ from collections.abc import Coroutine, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import torch
+import numpy as np
 
 from model.config import Layer
 from model.preprocess import ImageTooLarge, UnsupportedImageFormat
@@ -49,7 +49,7 @@ class Serving:
 async def compute(
     serving: Serving,
     endpoint: str,
-    images: Sequence[bytes | torch.Tensor],
+    images: Sequence[bytes | np.ndarray],
     deadline: float,
     layer: Layer | None,
     client_gone: Coroutine[Any, Any, None],
@@ -73,16 +73,16 @@ async def compute(
 
 
 async def _decode_and_submit(
-    serving: Serving, images: Sequence[bytes | torch.Tensor], deadline: float, layer: Layer | None
+    serving: Serving, images: Sequence[bytes | np.ndarray], deadline: float, layer: Layer | None
 ) -> list[ItemResult]:
     encoded = [image for image in images if isinstance(image, bytes)]
     decoded = iter(await decode(serving.decode_pool, encoded) if encoded else [])
-    tensors = [next(decoded) if isinstance(image, bytes) else image for image in images]
-    return await serving.engine.submit(tensors, deadline, layer)
+    arrays = [next(decoded) if isinstance(image, bytes) else image for image in images]
+    return await serving.engine.submit(arrays, deadline, layer)
 
 
-async def decode(pool: DecodePool, images: list[bytes]) -> list[torch.Tensor]:
-    """A request's images as uint8 (3, S, S) pixels, decoded in the decode processes. The first
+async def decode(pool: DecodePool, images: list[bytes]) -> list[np.ndarray]:
+    """A request's images as uint8 (S, S, 3) pixels, decoded in the decode processes. The first
     bad one fails the request, naming its index: 400, or 413 past a limit, 415 for a format that
     is not accepted."""
     try:
@@ -94,4 +94,4 @@ async def decode(pool: DecodePool, images: list[bytes]) -> list[torch.Tensor]:
         elif isinstance(failure.error, UnsupportedImageFormat):
             error = UnsupportedMediaType
         raise error(str(failure)) from None
-    return [torch.from_numpy(array).permute(2, 0, 1) for array in arrays]
+    return arrays

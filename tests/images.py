@@ -37,3 +37,13 @@ def png_header_claiming(width: int, height: int) -> bytes:
     chunk = b"IHDR" + ihdr
     ihdr_chunk = struct.pack(">I", len(ihdr)) + chunk + struct.pack(">I", zlib.crc32(chunk))
     return good[:8] + ihdr_chunk + good[8 + 25 :]
+
+
+def pixels(seed: int = 0, size: int = 32) -> np.ndarray:
+    """Random uint8 (S, S, 3) pixels, as the decode processes hand images over."""
+    return np.random.default_rng(seed).integers(0, 256, (size, size, 3), dtype=np.uint8)
+
+
+def normalised(seed: int = 0, size: int = 32) -> np.ndarray:
+    """Random float32 (3, S, S) values, as /v2's pixel_values sends them (taken as they are)."""
+    return np.random.default_rng(seed).standard_normal((3, size, size), dtype=np.float32)

@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
+import numpy as np
 import torch
 
 from model.config import Layer
@@ -33,6 +34,9 @@ from service.metrics import Metrics
 log = logging.getLogger(__name__)
 
 Staged = TypeVar("Staged")
+# An image as decoded, until `stage` stacks and normalises it: uint8 (S, S, 3) pixels, or float32
+# (3, S, S) values already normalised (/v2's pixel_values). Nothing between permutes or copies it.
+Image = np.ndarray
 
 
 @dataclass(frozen=True)
@@ -44,7 +48,7 @@ class ItemResult:
 
 @dataclass(eq=False)
 class Item:
-    image: torch.Tensor
+    image: Image
     future: asyncio.Future[ItemResult]
     enqueued: float
     deadline: float
@@ -61,7 +65,7 @@ class Batcher(Generic[Staged]):
 
     def __init__(
         self,
-        stage: Callable[[list[torch.Tensor]], Staged],
+        stage: Callable[[list[Image]], Staged],
         forward: Callable[[Staged, list[Layer]], BatchOutput],
         *,
         max_batch_size: int,
@@ -154,9 +158,7 @@ class Batcher(Generic[Staged]):
 
     # --------------------------------------------------------------------------- submit
 
-    async def submit(
-        self, images: Sequence[torch.Tensor], deadline: float, layer: Layer | None = None
-    ) -> list[ItemResult]:
+    async def submit(self, images: Sequence[Image], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
         """Queue `images` and wait for their results, until `deadline` (monotonic); with `layer`,
         each result also holds that layer's hidden states.
 
@@ -176,7 +178,7 @@ class Batcher(Generic[Staged]):
         finally:
             self.forget(items)
 
-    def enqueue(self, images: Sequence[torch.Tensor], deadline: float, layer: Layer | None = None) -> list[Item]:
+    def enqueue(self, images: Sequence[Image], deadline: float, layer: Layer | None = None) -> list[Item]:
         """`submit` without the waiting: queue the images and return their items, whose futures
         get the results (or a DeadlineExceeded if still queued at the deadline, which nothing
         else enforces here). The caller must `forget` them once done with them."""

@@ -18,7 +18,7 @@ from typing import Protocol
 import torch
 
 from model.config import Layer
-from service.engine.batcher import Batcher, ItemResult
+from service.engine.batcher import Batcher, Image, ItemResult
 from service.engine.card import ModelCard
 from service.engine.device import Engine
 from service.metrics import Metrics
@@ -36,9 +36,7 @@ class EngineHandle(Protocol):
         """False once the engine can no longer compute (its batch loop or its process died)."""
         ...
 
-    async def submit(
-        self, images: Sequence[torch.Tensor], deadline: float, layer: Layer | None = None
-    ) -> list[ItemResult]:
+    async def submit(self, images: Sequence[Image], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
         """One result per image, from the shared batches; Overloaded, DeadlineExceeded, NotReady
         or InferenceFailed otherwise. Cancelling the call takes the images out of the queue."""
         ...
@@ -78,9 +76,7 @@ class LocalEngine:
     def running(self) -> bool:
         return self.batcher.running
 
-    async def submit(
-        self, images: Sequence[torch.Tensor], deadline: float, layer: Layer | None = None
-    ) -> list[ItemResult]:
+    async def submit(self, images: Sequence[Image], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
         return await self.batcher.submit(images, deadline, layer)
 
     async def drain(self, timeout_s: float) -> bool:

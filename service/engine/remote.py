@@ -44,7 +44,7 @@ import torch
 
 from model.config import Layer
 from service.engine.arena import Arena, aligned
-from service.engine.batcher import Batcher, Item, ItemResult
+from service.engine.batcher import Batcher, Image, Item, ItemResult
 from service.engine.card import ModelCard
 from service.engine.device import Engine
 from service.engine.handle import EngineHandle, EngineSource, LocalEngine
@@ -144,20 +144,14 @@ class Layout:
 
 
 # "u": uint8 pixels laid out (S, S, 3), as decoded; "f": a float32 (3, S, S) tensor sent to /v2
-def _kind(image: torch.Tensor) -> str:
-    return "u" if image.dtype == torch.uint8 else "f"
+def _kind(image: Image) -> str:
+    return "u" if image.dtype == np.uint8 else "f"
 
 
 def _pixels(arena: Arena, offset: int, kind: str, size: int) -> np.ndarray:
     if kind == "u":
         return arena.array(offset, np.uint8, (size, size, 3))
     return arena.array(offset, _FLOAT, (3, size, size))
-
-
-def _image_view(arena: Arena, offset: int, kind: str, size: int) -> torch.Tensor:
-    """The (3, S, S) image at `offset`, in place, as the engine's `stage` takes it."""
-    pixels = torch.from_numpy(_pixels(arena, offset, kind, size))
-    return pixels.permute(2, 0, 1) if kind == "u" else pixels
 
 
 # ----------------------------------------------------------------------- front-end side
@@ -223,9 +217,7 @@ class EngineClient:
         """Nothing: the engine process sets the group's GPU memory gauges itself."""
         return {}
 
-    async def submit(
-        self, images: Sequence[torch.Tensor], deadline: float, layer: Layer | None = None
-    ) -> list[ItemResult]:
+    async def submit(self, images: Sequence[Image], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
         """As Batcher.submit: the images' results, computed by the engine process."""
         if not self.running:
             raise NotReady("the engine process is not running")
@@ -233,7 +225,7 @@ class EngineClient:
         if deadline <= now:
             raise DeadlineExceeded("the request's deadline passed before it was queued")
         result_bytes = self.layout.result_bytes(layer)
-        sizes = [aligned(max(image.numel() * image.element_size(), result_bytes)) for image in images]
+        sizes = [aligned(max(image.nbytes, result_bytes)) for image in images]
         total = sum(sizes)
         start = self.arena.take(total)
         if start is None:
@@ -242,9 +234,7 @@ class EngineClient:
         items = []
         for image, offset in zip(images, offsets, strict=True):
             kind = _kind(image)
-            # numpy, not torch, copies: no torch thread team in a front-end (service/engine/device.py)
-            pixels = image.permute(1, 2, 0) if kind == "u" else image  # decoded pixels are (S, S, 3) already
-            _pixels(self.arena, offset, kind, self.card.image_size)[...] = pixels.numpy()
+            _pixels(self.arena, offset, kind, self.card.image_size)[...] = image  # as it lies: one copy
             items.append([offset, kind])
         loop = asyncio.get_running_loop()
         request_id = next(self._ids)
@@ -447,7 +437,7 @@ class _FrontEnd:
 
     def _submit(self, request_id: int, items: list[list[Any]], deadline: float, layer: Layer | None) -> None:
         size = self.server.card.image_size
-        images = [_image_view(self.arena, offset, kind, size) for offset, kind in items]
+        images = [_pixels(self.arena, offset, kind, size) for offset, kind in items]  # in place
         try:
             queued = self.server.batcher.enqueue(images, deadline, layer)
         except ServiceError as exc:

@@ -16,7 +16,6 @@ import math
 from typing import Any, Literal
 
 import numpy as np
-import torch
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -285,8 +284,9 @@ def pixel_value_range(card: ModelCard) -> tuple[float, float]:
     return low - width, high + width
 
 
-def _images(serving: Serving, tensor: InferInput, binary: bytes | None) -> list[bytes | torch.Tensor]:
-    """The input tensor as one image per row: encoded files (decoded later), pixels or normalised values."""
+def _images(serving: Serving, tensor: InferInput, binary: bytes | None) -> list[bytes | np.ndarray]:
+    """The input tensor as one image per row: encoded files (decoded later), pixels (seen as
+    (S, S, 3), as decoded images lie) or normalised (3, S, S) values."""
     expected = INPUTS[tensor.datatype]
     if tensor.name != expected:
         raise InvalidRequest(f"a {tensor.datatype} input must be named {expected!r}, not {tensor.name[:100]!r}")
@@ -310,4 +310,5 @@ def _images(serving: Serving, tensor: InferInput, binary: bytes | None) -> list[
             raise InvalidRequest(
                 f"input {tensor.name!r}: FP32 data must be finite normalised pixels, within [{low:.3g}, {high:.3g}]"
             )
-    return list(torch.from_numpy(array.reshape(batch, *tensor.shape[1:])).unbind(0))
+    rows = array.reshape(batch, *tensor.shape[1:])
+    return list(rows.transpose(0, 2, 3, 1) if rows.dtype == np.uint8 else rows)

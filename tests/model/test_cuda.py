@@ -7,6 +7,7 @@ import torch
 
 from model.config import preset
 from model.vit import VisionTransformer
+from tests.images import normalised, pixels
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs an NVIDIA GPU (CUDA); none is present")
 
@@ -30,7 +31,7 @@ def test_engine_stages_through_pinned_memory_and_normalises_on_the_gpu() -> None
     from service.settings import Settings
 
     engine = Engine.from_settings(Settings(_env_file=None, model="vit_test_tiny", device="cuda", compile=False))
-    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(4)]
+    images = [pixels(i) for i in range(4)]
     staged = engine.stage(images)
     assert staged.device.type == "cuda" and staged.dtype == torch.bfloat16
     out = engine.forward(staged)
@@ -45,7 +46,7 @@ def test_compiled_buckets_and_hidden_states_on_the_gpu() -> None:
 
     engine = Engine.from_settings(Settings(_env_file=None, model="vit_test_tiny", device="cuda", compile=True))
     engine.warmup(4)
-    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(3)]
+    images = [pixels(i) for i in range(3)]
     with torch._dynamo.config.patch(error_on_recompile=True):
         out = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images))).result()
     assert out.embeddings.shape == (3, 48)
@@ -60,7 +61,6 @@ def test_a_batch_of_v2_tensors_and_pixels_is_staged_on_the_gpu() -> None:
     from service.settings import Settings
 
     engine = Engine.from_settings(Settings(_env_file=None, model="vit_test_tiny", device="cuda", compile=False))
-    pixels = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    staged = engine.stage([pixels, torch.randn(3, 32, 32)])
+    staged = engine.stage([pixels(), normalised()])
     assert staged.device.type == "cuda" and staged.shape == (2, 3, 32, 32)
-    torch.testing.assert_close(staged[0], engine.stage([pixels])[0])
+    torch.testing.assert_close(staged[0], engine.stage([pixels()])[0])

@@ -15,7 +15,7 @@ from service.engine.handle import LocalEngine, in_process
 from service.errors import ClientDisconnected, InvalidImage
 from service.lifecycle import ServiceState
 from service.pipeline import Serving, compute
-from tests.images import encode, gradient
+from tests.images import encode, gradient, pixels
 from tests.service.conftest import tiny_settings
 
 PNG = encode(gradient(), "PNG")
@@ -41,13 +41,12 @@ def images_counted(serving: Serving, endpoint: str) -> float:
 
 
 async def test_bytes_and_pixels_come_back_as_one_result_each_in_order(serving: Serving) -> None:
-    pixels = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    results = await compute(serving, "/test", [PNG, pixels, PNG], time.monotonic() + 30, None, never())
+    results = await compute(serving, "/test", [PNG, pixels(), PNG], time.monotonic() + 30, None, never())
     assert len(results) == 3 and all(r.probs is not None and r.hidden is None for r in results)
     torch.testing.assert_close(results[0].embedding, results[2].embedding)  # the same file, the same answer
     assert not torch.equal(results[0].embedding, results[1].embedding)
     assert images_counted(serving, "/test") == 3
-    hidden = await compute(serving, "/test", [pixels], time.monotonic() + 30, -2, never())
+    hidden = await compute(serving, "/test", [pixels()], time.monotonic() + 30, -2, never())
     assert hidden[0].hidden is not None and hidden[0].hidden.shape == (17, 48)
 
 

@@ -12,7 +12,7 @@ import openai
 import pytest
 import torch
 
-from model.preprocess import load_image
+from model.preprocess import decode_image
 from service.engine import Engine
 from tests.images import encode, gradient, photo
 from tests.service.conftest import controlled, live_server, serve, tiny_settings, until
@@ -76,7 +76,7 @@ async def test_features_are_the_models_hidden_states(layer: int, tokens: str, dt
     assert (body["layer"], body["tokens"], body["dtype"], body["model"]) == (layer, tokens, dtype, "vit_test_tiny")
     with torch.inference_mode():
         # decoded as the server decodes (VIT_JPEG_DRAFT: the JPEG at a quarter of its size)
-        pixels = engine.stage([load_image(data, 32, engine.preprocess, draft=True) for data in (PNG, JPEG)])
+        pixels = engine.stage([decode_image(data, 32, engine.preprocess, draft=True) for data in (PNG, JPEG)])
         expected = engine.model(pixels, [layer]).hidden_states[layer].numpy()
     if tokens == "patch":
         expected = expected[:, 1:]

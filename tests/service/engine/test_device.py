@@ -12,13 +12,14 @@ import torch
 from model.vit import ViTOutput
 from service.engine import BatchOutput, Engine
 from tests.families import CASES, save
+from tests.images import normalised, pixels
 from tests.service.conftest import tiny_settings
 
 
 def compiled_and_eager(engine: Engine, count: int) -> tuple[BatchOutput, ViTOutput]:
     """`count` random images through the warmed, compiled engine (no recompilation allowed) and
     through its model eagerly."""
-    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(count)]
+    images = [pixels(i) for i in range(count)]
     with torch._dynamo.config.patch(error_on_recompile=True):
         out = engine.torch_thread.submit(lambda: engine.forward(engine.stage(images))).result()
     with torch.inference_mode():
@@ -39,9 +40,8 @@ def test_a_compiled_engine_pads_every_batch_to_a_warmed_bucket_and_never_recompi
 def test_batches_are_staged_as_inference_tensors_as_forward_pads_them() -> None:
     """A compiled graph on CUDA guards on inference mode: staged and padded tensors must agree."""
     engine = Engine.from_settings(tiny_settings())
-    pixels = torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8)
-    assert engine.stage([pixels]).is_inference()
-    assert engine.stage([pixels, torch.randn(3, 32, 32)]).is_inference()  # a /v2 tensor beside pixels
+    assert engine.stage([pixels()]).is_inference()
+    assert engine.stage([pixels(), normalised()]).is_inference()  # a /v2 tensor beside pixels
 
 
 @pytest.mark.slow
@@ -75,7 +75,7 @@ def test_an_eager_engine_runs_each_batch_at_its_own_size() -> None:
     engine.warmup(4)
     calls: list[int] = []
     engine.model.register_forward_pre_hook(lambda _, args: calls.append(len(args[0])))
-    engine.forward(engine.stage([torch.zeros(3, 32, 32, dtype=torch.uint8)] * 3))
+    engine.forward(engine.stage([pixels()] * 3))
     assert calls == [3]  # no padding without compilation: it would only waste compute
 
 
@@ -110,7 +110,7 @@ def _out_of_memory_above(engine: Engine, size: int) -> list[int]:
 
 def test_out_of_memory_splits_the_batch_before_failing_anything() -> None:
     engine = Engine.from_settings(tiny_settings())
-    images = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(7)]
+    images = [pixels(i) for i in range(7)]
     whole = engine.forward(engine.stage(images), [1])
     computed = _out_of_memory_above(engine, 2)
     split = engine.forward(engine.stage(images), [1])
@@ -125,7 +125,7 @@ def test_out_of_memory_at_batch_one_fails() -> None:
     engine = Engine.from_settings(tiny_settings())
     _out_of_memory_above(engine, 0)
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        engine.forward(engine.stage([torch.zeros(3, 32, 32, dtype=torch.uint8)] * 2))
+        engine.forward(engine.stage([pixels()] * 2))
 
 
 def test_a_crop_setting_replaces_the_processors_resize_and_crop(tmp_path: Path) -> None:

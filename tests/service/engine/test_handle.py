@@ -7,12 +7,12 @@ from __future__ import annotations
 import time
 
 import pytest
-import torch
 
 from service.engine.handle import EngineHandle, LocalEngine, in_process
 from service.engine.remote import engine_process
 from service.errors import DeadlineExceeded
 from service.metrics import Metrics
+from tests.images import pixels
 from tests.service.conftest import tiny_settings
 
 
@@ -22,11 +22,11 @@ async def test_a_local_engine_warms_up_then_serves_drains_and_stops() -> None:
     assert isinstance(handle, LocalEngine) and handle.running
     assert handle.engine.buckets == [1, 2, 4, 8]  # every bucket warmed before it answers
     assert handle.card is handle.engine.card and handle.gpu_memory() == {}  # nothing to report on the CPU
-    pixels = [torch.randint(0, 256, (3, 32, 32), dtype=torch.uint8) for _ in range(3)]
-    results = await handle.submit(pixels, time.monotonic() + 30, layer=-1)
+    images = [pixels(i) for i in range(3)]
+    results = await handle.submit(images, time.monotonic() + 30, layer=-1)
     assert len(results) == 3 and all(r.embedding.shape == (48,) and r.hidden is not None for r in results)
     with pytest.raises(DeadlineExceeded):
-        await handle.submit(pixels, time.monotonic() - 1)
+        await handle.submit(images, time.monotonic() - 1)
     assert await handle.drain(5.0)
     await handle.batcher.close()
     assert not handle.running

@@ -21,7 +21,7 @@ from service.engine.remote import EngineClient, EngineServer, engine_process
 from service.errors import DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
 from service.settings import Settings
-from tests.images import encode, gradient
+from tests.images import encode, gradient, normalised, pixels
 from tests.service.conftest import ControlledEngine, controlled, tiny_settings, until
 
 
@@ -65,24 +65,15 @@ async def connect(path: str, arena_images: int) -> EngineClient:
     raise AssertionError("the engine did not listen")
 
 
-def pixels(seed: int, size: int = 32) -> torch.Tensor:
-    """A (3, S, S) view of an (S, S, 3) array, as the decode processes hand images over."""
-    return torch.randint(0, 256, (size, size, 3), dtype=torch.uint8, generator=torch.Generator().manual_seed(seed))
-
-
-def chw(seed: int) -> torch.Tensor:
-    return pixels(seed).permute(2, 0, 1)
-
-
 def soon(seconds: float = 30.0) -> float:
     return time.monotonic() + seconds
 
 
 async def test_results_equal_the_in_process_batchers_for_every_kind_of_request(tmp_path: Path) -> None:
     async with remote(tmp_path) as r:
-        images = [chw(i) for i in range(3)]
-        normalised = torch.randn(3, 32, 32)  # a /v2 FP32 tensor, taken as it is
-        for batch, layer in (([images[0]], None), (images, None), (images, -1), ([normalised, images[1]], 0)):
+        images = [pixels(i) for i in range(3)]
+        values = normalised()  # a /v2 FP32 tensor, taken as it is
+        for batch, layer in (([images[0]], None), (images, None), (images, -1), ([values, images[1]], 0)):
             here = await r.batcher.submit(batch, soon(), layer)
             there = await r.client.submit(batch, soon(), layer)
             for a, b in zip(here, there, strict=True):
@@ -95,9 +86,9 @@ async def test_images_from_two_front_ends_share_one_forward_pass(tmp_path: Path)
     async with remote(tmp_path) as r:
         second = await connect(r.path, 64)
         r.engine.gate.clear()  # hold the first batch in the model; what follows queues behind it
-        first = asyncio.create_task(r.client.submit([chw(0)], soon()))
+        first = asyncio.create_task(r.client.submit([pixels(0)], soon()))
         await until(lambda: r.batcher.in_flight == 1)
-        queued = [asyncio.create_task(c.submit([chw(i)], soon())) for i, c in enumerate([r.client, second] * 2)]
+        queued = [asyncio.create_task(c.submit([pixels(i)], soon())) for i, c in enumerate([r.client, second] * 2)]
         await until(lambda: r.batcher.queue_depth == 4)
         r.engine.gate.set()
         await asyncio.gather(first, *queued)
@@ -108,9 +99,9 @@ async def test_images_from_two_front_ends_share_one_forward_pass(tmp_path: Path)
 async def test_a_cancelled_request_leaves_the_queue_uncomputed_and_its_region_comes_back(tmp_path: Path) -> None:
     async with remote(tmp_path) as r:
         r.engine.gate.clear()
-        blocker = asyncio.create_task(r.client.submit([chw(0)], soon()))
+        blocker = asyncio.create_task(r.client.submit([pixels(0)], soon()))
         await until(lambda: r.batcher.in_flight == 1)
-        leaving = asyncio.create_task(r.client.submit([chw(1), chw(2)], soon()))
+        leaving = asyncio.create_task(r.client.submit([pixels(1), pixels(2)], soon()))
         await until(lambda: r.batcher.queue_depth == 2)
         leaving.cancel()  # its client hung up
         await until(lambda: r.batcher.queue_depth == 0)
@@ -124,12 +115,12 @@ async def test_a_cancelled_request_leaves_the_queue_uncomputed_and_its_region_co
 async def test_the_deadline_is_kept_and_an_expired_request_is_never_computed(tmp_path: Path) -> None:
     async with remote(tmp_path) as r:
         r.engine.gate.clear()
-        blocker = asyncio.create_task(r.client.submit([chw(0)], soon()))
+        blocker = asyncio.create_task(r.client.submit([pixels(0)], soon()))
         await until(lambda: r.batcher.in_flight == 1)
         computed = len(r.engine.batch_sizes)
         start = time.monotonic()
         with pytest.raises(DeadlineExceeded):
-            await r.client.submit([chw(1)], time.monotonic() + 0.2)
+            await r.client.submit([pixels(1)], time.monotonic() + 0.2)
         assert 0.15 < time.monotonic() - start < 2
         r.engine.gate.set()
         await blocker
@@ -141,12 +132,12 @@ async def test_the_deadline_is_kept_and_an_expired_request_is_never_computed(tmp
 async def test_the_engines_refusals_reach_the_front_end_as_they_are(tmp_path: Path) -> None:
     async with remote(tmp_path, max_queue_size=64, max_images_per_request=64) as r:
         r.engine.gate.clear()
-        blocker = asyncio.create_task(r.client.submit([chw(0)], soon()))
+        blocker = asyncio.create_task(r.client.submit([pixels(0)], soon()))
         await until(lambda: r.batcher.in_flight == 1)
-        filling = asyncio.create_task(r.client.submit([chw(i) for i in range(60)], soon()))
+        filling = asyncio.create_task(r.client.submit([pixels(i) for i in range(60)], soon()))
         await until(lambda: r.batcher.queue_depth == 60)
         with pytest.raises(Overloaded, match="queue is full"):
-            await r.client.submit([chw(i) for i in range(5)], soon())
+            await r.client.submit([pixels(i) for i in range(5)], soon())
         r.engine.gate.set()
         await asyncio.gather(blocker, filling)
 
@@ -157,22 +148,22 @@ async def test_a_full_arena_refuses_at_once(tmp_path: Path) -> None:
         held = arena.free_bytes - 3 * 32 * 32 // 2  # what other requests hold: less than an image is left
         arena.take(held)
         with pytest.raises(Overloaded, match="shared memory is full"):
-            await r.client.submit([chw(0)], soon())
+            await r.client.submit([pixels(0)], soon())
         arena.give_back(0, held)
-        assert len(await r.client.submit([chw(0)], soon())) == 1
+        assert len(await r.client.submit([pixels(0)], soon())) == 1
 
 
 async def test_when_the_engine_goes_waiting_requests_get_503_and_the_client_stops_running(tmp_path: Path) -> None:
     async with remote(tmp_path) as r:
         r.engine.gate.clear()
-        waiting = asyncio.create_task(r.client.submit([chw(0)], soon()))
+        waiting = asyncio.create_task(r.client.submit([pixels(0)], soon()))
         await until(lambda: r.batcher.in_flight == 1)
         r.server.cancel()  # the engine's side closes every connection, as its process's death would
         with pytest.raises(NotReady, match="engine process stopped"):
             await waiting
         assert not r.client.running
         with pytest.raises(NotReady):
-            await r.client.submit([chw(1)], soon())
+            await r.client.submit([pixels(1)], soon())
 
 
 async def test_a_front_end_app_turns_unready_when_the_engine_goes(tmp_path: Path) -> None:
