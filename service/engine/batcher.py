@@ -24,7 +24,6 @@ from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 import numpy as np
-import torch
 
 from model.config import Layer
 from service.engine.device import BatchOutput
@@ -41,9 +40,11 @@ Image = np.ndarray
 
 @dataclass(frozen=True)
 class ItemResult:
-    probs: torch.Tensor | None  # (classes,)
-    embedding: torch.Tensor  # (D,)
-    hidden: torch.Tensor | None = None  # (N+1, D): the layer this item asked for
+    """One image's results, as float32 numpy arrays: what routes and the wire read, with no torch."""
+
+    probs: np.ndarray | None  # (classes,)
+    embedding: np.ndarray  # (D,)
+    hidden: np.ndarray | None = None  # (N+1, D): the layer this item asked for
 
 
 @dataclass(eq=False)
@@ -285,9 +286,9 @@ class Batcher(Generic[Staged]):
         else:
             for row, item in enumerate(batch):
                 if output is not None and not item.future.done():
-                    probs = output.probs[row] if output.probs is not None else None
-                    hidden = output.hidden[item.layer][row] if item.layer is not None else None
-                    item.future.set_result(ItemResult(probs, output.embeddings[row], hidden))
+                    probs = output.probs[row].numpy() if output.probs is not None else None
+                    hidden = output.hidden[item.layer][row].numpy() if item.layer is not None else None
+                    item.future.set_result(ItemResult(probs, output.embeddings[row].numpy(), hidden))
         finally:
             self._in_flight -= 1
             self._slots.release()

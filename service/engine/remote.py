@@ -126,20 +126,20 @@ class Layout:
 
     def write(self, arena: Arena, offset: int, result: ItemResult) -> None:
         if result.probs is not None:
-            arena.array(offset, _FLOAT, (self.classes,))[...] = result.probs.numpy()
+            arena.array(offset, _FLOAT, (self.classes,))[...] = result.probs
         offset += _FLOAT.itemsize * self.classes
-        arena.array(offset, _FLOAT, (self.dim,))[...] = result.embedding.numpy()
+        arena.array(offset, _FLOAT, (self.dim,))[...] = result.embedding
         if result.hidden is not None:
             offset += _FLOAT.itemsize * self.dim
-            arena.array(offset, _FLOAT, (self.tokens, self.width))[...] = result.hidden.numpy()
+            arena.array(offset, _FLOAT, (self.tokens, self.width))[...] = result.hidden
 
     def read(self, arena: Arena, offset: int, layer: Layer | None) -> ItemResult:
         """A copy of the results at `offset` (one copy, then views of it): the region is given
         back right after."""
-        block = torch.from_numpy(arena.array(offset, _FLOAT, (self.result_bytes(layer) // 4,)).copy())
+        block = arena.array(offset, _FLOAT, (self.result_bytes(layer) // 4,)).copy()
         probs = block[: self.classes] if self.classes else None
         embedding = block[self.classes : self.classes + self.dim]
-        hidden = block[self.classes + self.dim :].view(self.tokens, self.width) if layer is not None else None
+        hidden = block[self.classes + self.dim :].reshape(self.tokens, self.width) if layer is not None else None
         return ItemResult(probs, embedding, hidden)
 
 

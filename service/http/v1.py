@@ -75,12 +75,11 @@ async def classify(request: Request) -> JSONResponse:
     for result in results:
         if result.probs is None:  # labels exist only for a model with a head
             raise InferenceFailed("the model returned no class scores")
-        scores, indices = result.probs.topk(k)
+        indices = np.argsort(-result.probs, kind="stable")[:k]  # the highest first; ties by index
         out.append(
             {
                 "predictions": [
-                    {"index": i, "label": labels[i], "score": s}
-                    for s, i in zip(scores.tolist(), indices.tolist(), strict=True)
+                    {"index": i, "label": labels[i], "score": float(result.probs[i])} for i in indices.tolist()
                 ]
             }
         )
@@ -107,7 +106,7 @@ async def embeddings(request: Request) -> JSONResponse:
         results = await compute(serving, endpoint, images, deadline, None, client_gone(request))
     vectors = []
     for result in results:
-        y = result.embedding.numpy()
+        y = result.embedding
         if params.normalize:
             y = y / max(float(np.linalg.norm(y)), 1e-12)
         vectors.append(_b64(y, "<f4") if params.encoding_format == "base64" else y.tolist())
@@ -137,7 +136,7 @@ async def features(request: Request) -> JSONResponse:
     for i, result in enumerate(results):
         if result.hidden is None:  # the batcher fills the layer each item asked for
             raise InferenceFailed("the model returned no hidden states")
-        hidden = result.hidden.numpy()
+        hidden = result.hidden
         if params.tokens == "patch":
             hidden = hidden[serving.card.cfg.prefix_tokens :]
         data.append({"index": i, "shape": list(hidden.shape), "features": _b64(hidden, dtype_code)})
