@@ -1,7 +1,7 @@
 """Tiny random-weight transformers models of every family vit-serve serves (model/hf.py), saved
 with `save_pretrained` and their image processors, and what transformers itself computes from
 them: the oracle for parity tests of the loader (tests/model/test_hf.py) and of the service over
-HTTP (tests/service/test_families.py). Nothing is downloaded.
+HTTP (tests/service/scenarios/test_families.py). Nothing is downloaded.
 """
 
 from __future__ import annotations

@@ -20,7 +20,7 @@ import yaml
 
 from service.http.server import SERVER_GRACE_S
 from service.settings import Settings
-from tests.service.conftest import serve, tiny_settings
+from tests.service.servers import serve, tiny_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

@@ -12,7 +12,7 @@ import pytest
 
 from service import cli
 from service.settings import Settings
-from tests.service.conftest import free_port, wait_ready
+from tests.service.servers import free_port, wait_ready
 
 
 def test_every_setting_has_its_flag_and_its_variable_in_the_help() -> None:

@@ -13,7 +13,7 @@ import httpx
 import pytest
 
 from tests.images import encode, gradient
-from tests.service.conftest import server_process
+from tests.service.servers import server_process
 
 pytestmark = pytest.mark.e2e
 

@@ -16,7 +16,7 @@ from service.errors import ClientDisconnected, InvalidImage
 from service.lifecycle import ServiceState
 from service.pipeline import Serving, compute
 from tests.images import encode, gradient, pixels
-from tests.service.conftest import tiny_settings
+from tests.service.servers import tiny_settings
 
 PNG = encode(gradient(), "PNG")
 

@@ -25,7 +25,7 @@ import pytest
 from bench.procfs import process_tree
 from service.processes import CRASH_LOOP_S
 from tests.images import encode, gradient, photo
-from tests.service.conftest import free_port, server_process, wait_ready
+from tests.service.servers import free_port, server_process, wait_ready
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from model.vit import ViTOutput
 from service.engine import BatchOutput, Engine
 from tests.families import CASES, save
 from tests.images import normalised, pixels
-from tests.service.conftest import tiny_settings
+from tests.service.servers import tiny_settings
 
 
 def compiled_and_eager(engine: Engine, count: int) -> tuple[BatchOutput, ViTOutput]:

@@ -13,7 +13,7 @@ from service.engine.remote import engine_process
 from service.errors import DeadlineExceeded
 from service.metrics import Metrics
 from tests.images import pixels
-from tests.service.conftest import tiny_settings
+from tests.service.servers import tiny_settings
 
 
 async def test_a_local_engine_warms_up_then_serves_drains_and_stops() -> None:

@@ -10,7 +10,7 @@ from model.config import preset
 from model.vit import VisionTransformer
 from service.engine import Engine
 from service.engine.precision import choose_dtype, native_bf16, probe
-from tests.service.conftest import tiny_settings
+from tests.service.servers import tiny_settings
 
 CPU, CUDA = torch.device("cpu"), torch.device("cuda")
 ZEN4 = "processor\t: 0\nflags\t\t: fpu sse2 avx2 avx512f avx512_bf16 avx512_vnni\n"

@@ -22,7 +22,7 @@ from service.errors import DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
 from service.settings import Settings
 from tests.images import encode, gradient, normalised, pixels
-from tests.service.conftest import ControlledEngine, controlled, tiny_settings, until
+from tests.service.servers import ControlledEngine, controlled, tiny_settings, until
 
 
 @dataclass

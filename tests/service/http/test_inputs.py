@@ -15,7 +15,7 @@ from starlette.requests import Request
 
 from service.errors import PayloadTooLarge, RequestTimeout, UnsupportedMediaType
 from service.http.inputs import client_gone, load_json, read_images
-from tests.service.conftest import tiny_settings
+from tests.service.servers import tiny_settings
 
 PNG = b"\x89PNG\r\n\x1a\n not really a png: decoding is not this module's business"
 

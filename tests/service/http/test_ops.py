@@ -10,8 +10,8 @@ import pytest
 
 from service.engine import Engine
 from tests.images import encode, gradient
-from tests.service.conftest import serve, tiny_settings
 from tests.service.http.test_v1 import error_of
+from tests.service.servers import serve, tiny_settings
 
 PNG = encode(gradient(), "PNG")
 

@@ -12,7 +12,7 @@ import pytest_asyncio
 
 from service.http.params import parse_count
 from tests.images import encode, gradient
-from tests.service.conftest import serve, tiny_settings
+from tests.service.servers import serve, tiny_settings
 
 PNG = encode(gradient(), "PNG")
 B64 = base64.b64encode(PNG).decode()

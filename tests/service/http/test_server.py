@@ -12,7 +12,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 
-from tests.service.conftest import live_server, tiny_settings
+from tests.service.servers import live_server, tiny_settings
 
 # The idle deadline is past uvicorn's own default (5 s), which must not close a connection first.
 LIMITS = {"max_header_bytes": 8192, "max_headers": 50, "header_timeout_s": 1.0, "keep_alive_s": 6.0}

@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from tests.images import encode, gradient, photo, png_header_claiming
-from tests.service.conftest import controlled, serve, tiny_settings, until
+from tests.service.servers import controlled, serve, tiny_settings, until
 
 JPEG = encode(photo(), "JPEG")
 PNG = encode(gradient(), "PNG")

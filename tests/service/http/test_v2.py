@@ -14,7 +14,7 @@ import pytest
 from model.preprocess import load_image, normalize
 from service.engine import Engine
 from tests.images import encode, gradient, photo
-from tests.service.conftest import live_server, serve, tiny_settings
+from tests.service.servers import live_server, serve, tiny_settings
 
 PNG = encode(gradient(), "PNG")
 JPEG = encode(photo(), "JPEG")

@@ -12,9 +12,9 @@ from PIL import Image
 from model.train import load_digits, split_indices
 from service.settings import Settings
 from tests.images import encode
-from tests.service.conftest import live_server
+from tests.service.servers import live_server
 
-EXAMPLES = Path(__file__).resolve().parents[2] / "examples" / "digits"
+EXAMPLES = Path(__file__).resolve().parents[3] / "examples" / "digits"
 PER_REQUEST = 20
 
 

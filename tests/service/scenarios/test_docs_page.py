@@ -15,9 +15,9 @@ import httpx
 import pytest
 
 from service.settings import Settings
-from tests.service.conftest import live_server
+from tests.service.servers import live_server
 
-DIGIT = Path(__file__).resolve().parents[2] / "examples" / "digits" / "digit-7-3539.png"
+DIGIT = Path(__file__).resolve().parents[3] / "examples" / "digits" / "digit-7-3539.png"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 playwright = pytest.importorskip("playwright.sync_api", reason="Playwright is not installed (the test extra has it)")
 pytestmark = pytest.mark.skipif(

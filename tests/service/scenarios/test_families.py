@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.families import CASES, Case, reference, save
 from tests.images import encode, photo
-from tests.service.conftest import live_server, server_process, tiny_settings
+from tests.service.servers import live_server, server_process, tiny_settings
 
 SERVED = photo().crop((200, 60, 232, 92))  # 32×32: the served size of every case
 OTHER = photo().resize((57, 41))  # another aspect ratio, through the processor's resize and crop

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 
 from tests.images import encode, gradient
-from tests.service.conftest import controlled, live_server, tiny_settings
+from tests.service.servers import controlled, live_server, tiny_settings
 
 
 def histogram_counts(metrics_text: str, name: str) -> dict[float, float]:

@@ -26,7 +26,7 @@ from service.engine import Engine
 from service.engine.handle import in_process
 from service.http.openapi import openapi
 from tests.images import encode, gradient
-from tests.service.conftest import live_server, tiny_settings
+from tests.service.servers import live_server, tiny_settings
 
 # The schema's binary bodies and parts are image files, and its `byte` strings base64 images
 # (service/schemas.py): schemathesis is told what those are, so that a request it generates as

@@ -6,7 +6,7 @@ import asyncio
 import socket
 
 from tests.images import encode, gradient
-from tests.service.conftest import controlled, serve, tiny_settings, until
+from tests.service.servers import controlled, serve, tiny_settings, until
 
 PNG = encode(gradient(), "PNG")
 

@@ -15,7 +15,7 @@ import torch
 from model.preprocess import decode_image
 from service.engine import Engine
 from tests.images import encode, gradient, photo
-from tests.service.conftest import controlled, live_server, serve, tiny_settings, until
+from tests.service.servers import controlled, live_server, serve, tiny_settings, until
 
 PNG = encode(gradient(), "PNG")
 JPEG = encode(photo(), "JPEG")

@@ -12,8 +12,8 @@ import numpy as np
 import pytest
 
 from tests.images import encode, gradient
-from tests.service.conftest import free_port, live_server, start_server, tiny_settings, wait_ready
 from tests.service.corpus import CASES, MAX_BODY, MAX_IMAGES, Case, exif_rotated_jpeg
+from tests.service.servers import free_port, live_server, start_server, tiny_settings, wait_ready
 
 LIMITS = {"max_images_per_request": MAX_IMAGES, "max_body_bytes": MAX_BODY}
 

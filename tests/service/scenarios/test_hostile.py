@@ -22,7 +22,7 @@ from PIL import Image
 
 from bench.procfs import process_tree
 from tests.service import bombs
-from tests.service.conftest import server_process
+from tests.service.servers import server_process
 
 pytestmark = pytest.mark.e2e
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from tests.images import encode, gradient
-from tests.service.conftest import free_port, start_server, wait_ready
+from tests.service.servers import free_port, start_server, wait_ready
 
 REQUESTS, CONCURRENCY = 2000, 32
 
