@@ -23,7 +23,7 @@ import torch
 
 from bench import model_only
 from bench.load import closed_loop
-from bench.procfs import cpu_seconds, is_decoder, process_tree
+from bench.procfs import server_cpu_seconds
 from bench.systems import SYSTEMS, Running, serve
 from bench.workload import SIZES, jpeg, json_body
 
@@ -92,27 +92,16 @@ def inference_seconds(metrics_url: str) -> float:
     return float(found[1]) if found else 0.0
 
 
-def cpu_split(pid: int) -> tuple[float, float]:
-    """CPU seconds so far of the server's decode processes, and of the rest of its process tree."""
-    decoders = rest = 0.0
-    for member, fields in process_tree(pid):
-        if is_decoder(member):
-            decoders += cpu_seconds(fields)
-        else:
-            rest += cpu_seconds(fields)
-    return decoders, rest
-
-
 def _point(server: Running, body: bytes, per_request: int, concurrency: int, args: argparse.Namespace) -> dict:
     """One closed-loop run, with what the server spent on it: batch sizes, the engine's busy
     fraction (seconds in forward passes a second; above 1 where two batches overlap on a GPU)
     and the cores its decode processes and the rest of it used."""
     before = batch_histogram(server.metrics_url) if server.metrics_url else {}
     busy_before = inference_seconds(server.metrics_url) if server.metrics_url else 0.0
-    cpu_before, start = cpu_split(server.pid), time.perf_counter()
+    cpu_before, start = server_cpu_seconds(server.pid), time.perf_counter()
     load = closed_loop(server.url, body, per_request, concurrency, warmup_s=args.warmup, duration_s=args.duration)
     wall = time.perf_counter() - start
-    decode_cpu, rest_cpu = (after - b for after, b in zip(cpu_split(server.pid), cpu_before, strict=True))
+    rest_cpu, decode_cpu = (after - b for after, b in zip(server_cpu_seconds(server.pid), cpu_before, strict=True))
     row: dict[str, Any] = {**load.to_dict(), "decode_cores": decode_cpu / wall, "other_server_cores": rest_cpu / wall}
     if server.metrics_url:
         after = batch_histogram(server.metrics_url)

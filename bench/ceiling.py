@@ -38,7 +38,7 @@ from typing import Any
 import httpx
 
 from bench.load import closed_loop
-from bench.procfs import cpu_model, cpu_seconds, is_decoder, process_tree, thread_cpu_seconds
+from bench.procfs import cpu_model, cpu_seconds, process_tree, server_cpu_seconds, thread_cpu_seconds
 from bench.systems import _free_port, _wait_healthy
 from bench.workload import jpeg
 from model.preprocess import PreprocessConfig, load_image, normalize
@@ -278,24 +278,11 @@ def _measured_load(
 ) -> tuple[dict, float, float]:
     """One load run (`_load`), and the CPU ms per request it cost the server `pid`: its own
     process's, and its decode processes'."""
-    main_before, decode_before = _cpu_seconds(pid)
+    main_before, decode_before = server_cpu_seconds(pid)
     load = _load(url, body, concurrency, seconds, cpus, tmp)
-    main_after, decode_after = _cpu_seconds(pid)
+    main_after, decode_after = server_cpu_seconds(pid)
     per_request = 1000 / max(1, load["requests"])
     return load, per_request * (main_after - main_before), per_request * (decode_after - decode_before)
-
-
-def _cpu_seconds(pid: int) -> tuple[float, float]:
-    """User and system CPU seconds of a server and its descendants: those of its decode
-    processes, and those of the rest (the process, or a group's supervisor, front-ends and engine)."""
-    main = decoders = 0.0
-    for process, fields in process_tree(pid):
-        seconds = cpu_seconds(fields)
-        if is_decoder(process):
-            decoders += seconds
-        else:
-            main += seconds
-    return main, decoders
 
 
 def _engine_seconds(pid: int) -> float:

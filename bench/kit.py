@@ -49,7 +49,6 @@ class Step:
     name: str
     command: list[str]
     timeout_s: float
-    result: str | None = None  # the JSON file it writes, relative to --out
 
 
 @dataclass
@@ -67,8 +66,9 @@ def peak_tflops(gpu: str | None) -> float | None:
     return next((PEAK_BF16_TFLOPS[k] for k in sorted(PEAK_BF16_TFLOPS, key=len, reverse=True) if k in gpu), None)
 
 
-def steps(dry_run: bool, peak: float | None) -> list[Step]:
-    """The kit's steps: on a GPU as the module says; dry, the same commands, small and short."""
+def steps(out: Path, dry_run: bool, peak: float | None) -> list[Step]:
+    """The kit's steps, writing under `out`: on a GPU as the module says; dry, the same commands,
+    small and short."""
     py = [sys.executable, "-m"]
     model = "vit_test_tiny" if dry_run else "vit_base_patch16_224"
     peak_args = ["--peak-tflops", str(peak)] if peak else []
@@ -90,7 +90,7 @@ def steps(dry_run: bool, peak: float | None) -> list[Step]:
         "--server-env",
         "VIT_COMPILE=0",
         "--out",
-        "e2e",
+        str(out / "e2e"),
         *peak_args,
     ]
     e2e += (
@@ -98,31 +98,31 @@ def steps(dry_run: bool, peak: float | None) -> list[Step]:
         if dry_run
         else ["--concurrency", "1,16,64,256", "--sizes", "224,500x375", "--duration", "3", "--warmup", "1.5"]
     )
-    ceiling = [*py, "bench.ceiling", "--workers", "1,2", "--no-decode-only", "--no-floors", "--out", "ceiling"]
+    ceiling = [*py, "bench.ceiling", "--workers", "1,2", "--no-decode-only", "--no-floors"]
+    ceiling += ["--out", str(out / "ceiling")]
     ceiling += ["--quick", "--concurrency", "1,4"] if dry_run else ["--duration", "3", "--concurrency", "1,16,64"]
     compiled = [*py, "bench.model_only", "--model", model, "--variants", "bfloat16,bfloat16+compile", "--rounds", "1"]
     compiled += ["--batch", "1,2", "--seconds", "0.2"] if dry_run else ["--batch", "1,64,256", "--seconds", "1"]
     return [
         Step("cuda-tests", [*py, "pytest", "-q", "-p", "no:cacheprovider", *tests], 150),
-        Step("end-to-end", e2e, 240, "e2e/results.json"),
-        Step("ceiling", ceiling, 120, "ceiling/ceiling.json"),
-        Step("compiled", [*compiled, "--out", "model-only.json", *peak_args], 200, "model-only.json"),
+        Step("end-to-end", e2e, 240),
+        Step("ceiling", ceiling, 120),
+        Step("compiled", [*compiled, "--out", str(out / "model-only.json"), *peak_args], 200),
     ]
 
 
-def run_step(step: Step, out: Path, log: Any, root: Path) -> Outcome:
-    """Run one step from the repository root, its output appended to the log; paths in its
-    command that name results are under `out`."""
-    command = [str(out / a) if a in ("e2e", "ceiling", "model-only.json") else a for a in step.command]
-    log.write(f"\n$ {' '.join(command)}\n")
+def run_step(step: Step, log: Any, root: Path) -> Outcome:
+    """Run one step from the repository root, its output appended to the log."""
+    command = " ".join(step.command)
+    log.write(f"\n$ {command}\n")
     log.flush()
     begin = time.monotonic()
     try:
-        done = subprocess.run(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, timeout=step.timeout_s)
+        done = subprocess.run(step.command, cwd=root, stdout=log, stderr=subprocess.STDOUT, timeout=step.timeout_s)
         status = "passed" if done.returncode == 0 else f"failed (exit {done.returncode})"
     except subprocess.TimeoutExpired:
         status = f"timed out after {step.timeout_s:.0f} s"
-    return Outcome(step.name, status, time.monotonic() - begin, " ".join(step.command))
+    return Outcome(step.name, status, time.monotonic() - begin, command)
 
 
 def tests_summary(log_text: str, cuda: bool) -> str:
@@ -193,8 +193,8 @@ def main(argv: list[str] | None = None) -> int:
     }
     print(f"{report['date']}: {gpu or 'no GPU'}, {cpu_model()}, torch {torch.__version__}", flush=True)
     with open(args.out / "kit.log", "w") as log:
-        for step in steps(args.dry_run, peak):
-            outcome = run_step(step, args.out, log, root)
+        for step in steps(args.out, args.dry_run, peak):
+            outcome = run_step(step, log, root)
             print(f"{outcome.name}: {outcome.status} in {outcome.seconds:.0f} s", flush=True)
             report["steps"].append(asdict(outcome))
             (args.out / "kit.json").write_text(json.dumps(report, indent=2) + "\n")

@@ -44,6 +44,18 @@ def cpu_seconds(fields: list[str]) -> float:
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
+def server_cpu_seconds(pid: int) -> tuple[float, float]:
+    """User and system CPU seconds so far of a server and its descendants: those of the rest (the
+    process, or a group's supervisor, front-ends and engine), and those of its decode processes."""
+    main = decoders = 0.0
+    for process, fields in process_tree(pid):
+        if is_decoder(process):
+            decoders += cpu_seconds(fields)
+        else:
+            main += cpu_seconds(fields)
+    return main, decoders
+
+
 def thread_cpu_seconds(pid: int, tid: int) -> float:
     """CPU seconds of thread `tid` of process `pid` (the main thread's tid is the pid)."""
     return cpu_seconds(_stat(f"/proc/{pid}/task/{tid}/stat"))
