@@ -41,7 +41,8 @@ from bench.load import closed_loop
 from bench.procfs import cpu_model, cpu_seconds, process_tree, server_cpu_seconds, thread_cpu_seconds
 from bench.systems import _free_port, _wait_healthy
 from bench.workload import jpeg
-from model.preprocess import PreprocessConfig, load_image, normalize
+from model.preprocess import PreprocessConfig
+from model.tensors import load_image, normalize
 
 MODEL = "vit_null_patch56_224"
 # The server's preprocessing for a preset without a checkpoint (squash, bilinear), timed in process.

@@ -24,7 +24,8 @@ from collections.abc import Callable
 from concurrent.futures import Executor, ProcessPoolExecutor, ThreadPoolExecutor
 
 from bench.workload import PHONE, PHONE_GRAIN, SIZES, jpeg
-from model.preprocess import PreprocessConfig, decode_image, load_image
+from model.preprocess import PreprocessConfig, decode_image
+from model.tensors import load_image
 from service.decoding import DecodePool
 
 CONFIG = PreprocessConfig(resize_mode="crop", crop_pct=0.875, interpolation="bicubic")

@@ -11,24 +11,20 @@ ordinary JPEG (RGB or greyscale, upright) are decoded by simplejpeg, libjpeg-tur
 Pillow's per-image overhead: the same pixels, faster for small photos (`python -m bench.decoders`,
 docs/BENCHMARKS.md). Everything else is decoded by Pillow.
 
-`decode_image` needs only Pillow, simplejpeg and numpy: the service's decode processes import
-this module without torch, which `load_image` and `normalize` import when called.
+This module needs only Pillow, simplejpeg and numpy, never torch: the service's decode processes
+import it. Pixels become a model's input in model/tensors.py.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Sequence
 from dataclasses import asdict, dataclass
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 import numpy as np
 import simplejpeg
 from PIL import Image, ImageOps
-
-if TYPE_CHECKING:
-    import torch
 
 ResizeMode = Literal["squash", "crop"]
 Interpolation = Literal["bilinear", "bicubic"]
@@ -277,36 +273,3 @@ def _draft_size(size: tuple[int, int], needed: int) -> tuple[int, int]:
     room = min(width, height) // needed if needed else 1
     scale = next((s for s in (8, 4, 2) if s <= room), 1)
     return -(-width // scale), -(-height // scale)
-
-
-def load_image(
-    data: bytes, size: int, cfg: PreprocessConfig, max_pixels: int = 40_000_000, draft: bool = False
-) -> torch.Tensor:
-    """`decode_image` as a uint8 (3, size, size) tensor."""
-    import torch  # on use: see the module docstring
-
-    return torch.from_numpy(decode_image(data, size, cfg, max_pixels, draft)).permute(2, 0, 1)
-
-
-def normalize(
-    batch: torch.Tensor, mean: Sequence[float], std: Sequence[float], dtype: torch.dtype | None = None
-) -> torch.Tensor:
-    """uint8 (B, 3, S, S) on any device, any strides -> (x/255 - mean) / std, contiguous, in
-    `dtype` (default float32), computed in float32 as x · 1/(255·std) - mean/std in two passes
-    over one float copy. On the CPU numpy does it, the first pass reading through the strides (a
-    batch of (S, S, 3) images seen as (3, S, S)), faster than stacking the views and normalising
-    with torch; on a GPU, torch."""
-    import torch  # on use: see the module docstring
-
-    m = torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1)
-    s = torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1)
-    scale, shift = 1 / (255 * s), m / s
-    if batch.device.type == "cpu":
-        values = np.empty(tuple(batch.shape), np.float32)
-        np.multiply(batch.numpy(), scale.numpy(), out=values)
-        np.subtract(values, shift.numpy(), out=values)
-        out = torch.from_numpy(values)
-    else:
-        out = batch.to(torch.float32, memory_format=torch.contiguous_format)
-        out.mul_(scale.to(batch.device)).sub_(shift.to(batch.device))
-    return out.to(dtype or torch.float32)

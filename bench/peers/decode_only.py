@@ -21,7 +21,8 @@ from typing import Any
 import uvicorn
 
 from bench.workload import jpeg
-from model.preprocess import PreprocessConfig, load_image, normalize
+from model.preprocess import PreprocessConfig
+from model.tensors import load_image, normalize
 from service.processes import reuseport_socket
 
 CFG = PreprocessConfig()  # squash, bilinear: the server's preprocessing for a preset

@@ -13,7 +13,8 @@ import torch
 from fastapi import FastAPI, Request
 
 from model.config import preset
-from model.preprocess import PreprocessConfig, load_image, normalize
+from model.preprocess import PreprocessConfig
+from model.tensors import load_image, normalize
 from model.vit import VisionTransformer
 
 CFG = PreprocessConfig()

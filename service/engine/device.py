@@ -28,8 +28,9 @@ import torch
 from model.checkpoints import load_checkpoint
 from model.config import PRESETS, Layer, preset
 from model.labels import resolve_labels
-from model.preprocess import PreprocessConfig, normalize
+from model.preprocess import PreprocessConfig
 from model.quantize import quantize_int8
+from model.tensors import normalize
 from model.vit import VisionTransformer
 from model.weights import Checkpoint
 from service.engine.card import ModelCard

@@ -1,4 +1,4 @@
-"""docs/API.md, Preprocessing: decoding, orientation, colour modes, resize modes, normalisation, and HF's processor."""
+"""docs/API.md, Preprocessing: decoding, orientation, colour modes, resize modes, and HF's processor's geometry."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
-from transformers import ViTImageProcessorPil
 
 from model.preprocess import (
     MAX_JPEG_SCANS,
@@ -18,33 +17,14 @@ from model.preprocess import (
     UnsupportedImageFormat,
     crop_box_resize,
     decode_image,
-    load_image,
-    normalize,
     resize,
     shorter_side,
 )
+from model.tensors import load_image
 from tests.images import encode, gradient, photo, png_header_claiming
 from tests.service.bombs import progressive_jpeg_with_scans, tiff_with_tile
 
 SQUASH = PreprocessConfig()
-
-
-def test_matches_hf_image_processor_on_a_real_photo() -> None:
-    expected = ViTImageProcessorPil()(images=photo(), return_tensors="pt")["pixel_values"]
-    ours = normalize(load_image(encode(photo(), "JPEG", quality=95), 224, SQUASH)[None], SQUASH.mean, SQUASH.std)
-    jpeg_decoded = Image.open(__import__("io").BytesIO(encode(photo(), "JPEG", quality=95)))
-    expected = ViTImageProcessorPil()(images=jpeg_decoded, return_tensors="pt")["pixel_values"]
-    assert ours.shape == expected.shape == (1, 3, 224, 224)
-    assert (ours - expected).abs().max() <= 1e-6
-
-
-def test_bicubic_with_imagenet_statistics_matches_hf() -> None:
-    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
-    cfg = PreprocessConfig(interpolation="bicubic", mean=mean, std=std)
-    hf = ViTImageProcessorPil(resample=3, image_mean=list(mean), image_std=list(std), size={"height": 64, "width": 64})
-    expected = hf(images=photo(), return_tensors="pt")["pixel_values"]
-    ours = normalize(load_image(encode(photo()), 64, cfg)[None], cfg.mean, cfg.std)
-    assert (ours - expected).abs().max() <= 1e-5
 
 
 def test_output_is_uint8_chw_at_model_size() -> None:
@@ -148,12 +128,6 @@ def test_not_an_image(data: bytes) -> None:
 def test_bad_preprocess_settings(field: str, value: object) -> None:
     with pytest.raises(ValueError, match=field.split("_")[0]):
         PreprocessConfig(**{field: value})
-
-
-def test_normalize_runs_in_the_requested_dtype() -> None:
-    batch = torch.tensor([[[[0, 255]]] * 3], dtype=torch.uint8)
-    out = normalize(batch, (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), torch.bfloat16)
-    assert out.dtype == torch.bfloat16 and out[0, 0, 0].tolist() == [-1.0, 1.0]
 
 
 def test_an_extreme_aspect_ratio_is_resized_without_a_huge_intermediate() -> None:

@@ -11,7 +11,7 @@ import httpx
 import numpy as np
 import pytest
 
-from model.preprocess import load_image, normalize
+from model.tensors import load_image, normalize
 from service.engine import Engine
 from tests.images import encode, gradient, photo
 from tests.service.servers import live_server, serve, tiny_settings

@@ -20,7 +20,8 @@ from schemathesis.config import SchemathesisConfig
 from schemathesis.config._checks import NEGATIVE_DATA_REJECTION_EXPECTED_STATUSES
 from schemathesis.specs.openapi.checks import positive_data_acceptance
 
-from model.preprocess import ImageError, PreprocessConfig, load_image
+from model.preprocess import ImageError, PreprocessConfig
+from model.tensors import load_image
 from service.app import create_app
 from service.engine import Engine
 from service.engine.handle import in_process
