@@ -13,6 +13,8 @@ import torch
 from transformers import ViTConfig as HFViTConfig
 from transformers import ViTForImageClassification
 
+from model.vit import VisionTransformer
+
 HEADS = 3
 
 
@@ -137,3 +139,27 @@ def npz_layout(state: dict[str, torch.Tensor], depth: int, big_vision: bool = Fa
 def save_npz(path: Path, arrays: dict[str, np.ndarray]) -> Path:
     np.savez(path, **arrays)
     return path
+
+
+DEPTH = 2
+PRESET = "vit_test_tiny"  # same shapes as `hf_classifier()`, 5-class head from the weights
+Reference = tuple[ViTForImageClassification, torch.Tensor, torch.Tensor, torch.Tensor]
+
+
+def reference_outputs() -> Reference:
+    """HF's classifier and its outputs on fixed pixels: (model, pixels, logits, y)."""
+    model = hf_classifier()
+    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
+    with torch.no_grad():
+        out = model(pixel_values=x, output_hidden_states=True)
+    y = model.vit.layernorm(out.hidden_states[-1])[:, 0]  # HF's last_hidden_state[:, 0]
+    return model, x, out.logits, y
+
+
+def assert_matches(model: VisionTransformer, reference: Reference, atol: float = 1e-5) -> None:
+    """`model` gives HF's logits and [class] embedding on the reference pixels."""
+    _, x, logits, y = reference
+    with torch.inference_mode():
+        out = model.eval()(x)
+    assert (out.logits - logits).abs().max() <= atol
+    assert (out.embedding - y).abs().max() <= atol

@@ -13,32 +13,19 @@ from safetensors.torch import save_file
 from transformers import ViTModel
 
 from model.checkpoints import detect_format, load_checkpoint, save_native
-from model.convert import main as convert
 from model.vit import VisionTransformer
 from model.weights import CheckpointError, load_strict
-from tests.model.reference import hf_classifier, hf_tensors, hub_layout, npz_layout, save_npz, timm_layout
-
-DEPTH = 2
-PRESET = "vit_test_tiny"  # same shapes as the HF reference, 5-class head from the weights
-
-
-@pytest.fixture(scope="module")
-def reference():
-    """HF's classifier and its outputs on fixed pixels: (model, pixels, logits, y)."""
-    model = hf_classifier()
-    x = torch.randn(3, 3, 32, 32, generator=torch.Generator().manual_seed(7))
-    with torch.no_grad():
-        out = model(pixel_values=x, output_hidden_states=True)
-    y = model.vit.layernorm(out.hidden_states[-1])[:, 0]  # HF's last_hidden_state[:, 0]
-    return model, x, out.logits, y
-
-
-def assert_matches(model: VisionTransformer, reference, atol: float = 1e-5) -> None:
-    _, x, logits, y = reference
-    with torch.inference_mode():
-        out = model.eval()(x)
-    assert (out.logits - logits).abs().max() <= atol
-    assert (out.embedding - y).abs().max() <= atol
+from tests.model.reference import (
+    DEPTH,
+    PRESET,
+    assert_matches,
+    hf_classifier,
+    hf_tensors,
+    hub_layout,
+    npz_layout,
+    save_npz,
+    timm_layout,
+)
 
 
 def test_hf_directory_as_transformers_writes_it(reference, tmp_path: Path) -> None:
@@ -140,28 +127,6 @@ def test_position_embeddings_are_resampled_for_a_larger_preset(reference, tmp_pa
     with torch.inference_mode():
         out = ckpt.model.eval()(torch.randn(1, 3, 48, 48))
     assert torch.isfinite(out.logits).all()
-
-
-def test_native_round_trip_and_convert_from_every_format(reference, tmp_path: Path) -> None:
-    reference[0].save_pretrained(tmp_path / "hf")
-    save_file(timm_layout(hf_tensors(reference[0]), DEPTH), str(tmp_path / "t.safetensors"))
-    save_npz(tmp_path / "g.npz", npz_layout(hf_tensors(reference[0]), DEPTH))
-    sources = [
-        [str(tmp_path / "hf")],
-        [str(tmp_path / "t.safetensors"), "--model", PRESET],
-        [str(tmp_path / "g.npz"), "--model", PRESET],
-    ]
-    for i, src in enumerate(sources):
-        dst = tmp_path / f"out{i}"
-        assert convert([src[0], str(dst), *src[1:]]) == 0
-        ckpt = load_checkpoint(dst)
-        assert ckpt.format == "native" and ckpt.labels == ["0", "1", "2", "3", "4"]
-        assert_matches(ckpt.model, reference)
-
-
-def test_convert_reports_errors_without_a_traceback(tmp_path: Path, capsys) -> None:
-    assert convert([str(tmp_path / "nothing.npz"), str(tmp_path / "out")]) == 1
-    assert "no such file" in capsys.readouterr().err
 
 
 # ------------------------------------------------------------------------------ bad checkpoints
