@@ -23,23 +23,19 @@ import argparse
 import contextlib
 import datetime
 import json
-import os
-import platform
 import re
 import shutil
 import statistics
-import subprocess
 import sys
-import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from bench.load import closed_loop
-from bench.procfs import cpu_model, cpu_seconds, process_tree, server_cpu_seconds, thread_cpu_seconds
-from bench.systems import _free_port, _wait_healthy
+from bench.harness import Server, free_port, machine, measured_load, run, vit_serve, vit_serve_env
+from bench.procfs import cpu_seconds, process_tree, thread_cpu_seconds
 from bench.workload import jpeg
 from model.preprocess import PreprocessConfig
 from model.tensors import load_image, normalize
@@ -75,29 +71,27 @@ def main(argv: list[str] | None = None) -> None:
     sizes = args.sizes.split(",")
     points = []
     worker_counts = [int(n) for n in args.workers.split(",")]
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):  # each round every configuration once: the host drifts between rounds
-            for workers in worker_counts:
-                with _server(args.pin_server, workers=workers) as (url, pid):
-                    targets: list[tuple[str, str, bytes | None]] = []
-                    if args.floors and workers == worker_counts[0] and round_ == 0:
-                        targets += [("healthz", "/healthz", None), ("models", "/v1/models", None)]
-                    targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in sizes]
-                    for name, path, body in targets:
+    for round_ in range(args.rounds):  # each round every configuration once: the host drifts between rounds
+        for workers in worker_counts:
+            with null_server(args.pin_server, workers=workers) as server:
+                targets: list[tuple[str, str, bytes | None]] = []
+                if args.floors and workers == worker_counts[0] and round_ == 0:
+                    targets += [("healthz", "/healthz", None), ("models", "/v1/models", None)]
+                targets += [(f"classify {size}", "/v1/classify?top_k=1", jpeg(size)) for size in sizes]
+                for name, path, body in targets:
+                    for concurrency in levels:
+                        point = _point(server, name, path, body, concurrency, args, vit_serve=True)
+                        points.append({"round": round_, "workers": workers, **point})
+            if args.decode_only:
+                with null_server(args.pin_server, decode_only=True, workers=workers) as server:
+                    for size in sizes:
                         for concurrency in levels:
-                            point = _point(url, pid, name, path, body, concurrency, args, Path(tmp), vit_serve=True)
+                            point = _point(server, f"decode-only {size}", "/", jpeg(size), concurrency, args)
                             points.append({"round": round_, "workers": workers, **point})
-                if args.decode_only:
-                    with _server(args.pin_server, decode_only=True, workers=workers) as (url, pid):
-                        for size in sizes:
-                            for concurrency in levels:
-                                name = f"decode-only {size}"
-                                point = _point(url, pid, name, "/", jpeg(size), concurrency, args, Path(tmp))
-                                points.append({"round": round_, "workers": workers, **point})
     result = {
         "command": "python -m bench.ceiling " + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.date.today().isoformat(),
-        "machine": _machine(),
+        "machine": machine(),
         "client": client,
         "model": MODEL,
         "points": points,
@@ -184,23 +178,22 @@ def _scaling(points: list[dict], worker_counts: list[int]) -> list[dict[str, Any
 
 
 def _point(
-    url: str,
-    pid: int,
+    server: Server,
     name: str,
     path: str,
     body: bytes | None,
     concurrency: int,
     args: argparse.Namespace,
-    tmp: Path,
     vit_serve: bool = False,
 ) -> dict[str, Any]:
     """One load run against `url + path`, with the server's CPU from /proc and, for an image, the
     in-process decode cost beside it; for vit-serve, its mean batch from /metrics too."""
+    url, pid = server.url, server.pid
     decode_ms = [_decode_ms(body)] if body is not None else []  # beside the load: the host drifts
     batches_before = _batch_totals(url) if vit_serve else (0.0, 0.0)  # outside the CPU window
     engine_before, loop_before = _engine_seconds(pid), thread_cpu_seconds(pid, pid)
-    load, main_ms, decode_processes_ms = _measured_load(
-        pid, url + path, body, concurrency, args.duration, args.pin_client, tmp
+    load, main_ms, decode_processes_ms = measured_load(
+        pid, url + path, body, concurrency, args.duration, args.pin_client
     )
     engine_ms = (_engine_seconds(pid) - engine_before) * 1000 / max(1, load["requests"])
     loop_ms = (thread_cpu_seconds(pid, pid) - loop_before) * 1000 / max(1, load["requests"])
@@ -223,67 +216,34 @@ def _point(
     return point
 
 
-class _server:
-    """vit-serve with the null model on 127.0.0.1 and `workers` front-ends, optionally pinned,
-    run from the checkout `tree` (default: this one); or, with `decode_only`, the floor:
-    bench.peers.decode_only in `workers` processes. Yields (url, pid)."""
-
-    def __init__(self, cpus: str | None, tree: Path | None = None, decode_only: bool = False, workers: int = 1) -> None:
-        self.cpus, self.tree, self.decode_only, self.workers = cpus, tree, decode_only, workers
-
-    def __enter__(self) -> tuple[str, int]:
-        port = _free_port()
-        env = {
-            **os.environ,
-            "VIT_MODEL": MODEL,
-            "VIT_HOST": "127.0.0.1",
-            "VIT_PORT": str(port),
-            "VIT_DEVICE": "cpu",
-            "VIT_MAX_QUEUE_SIZE": "100000",
-            "VIT_LOG_LEVEL": "warning",
-            "VIT_WORKERS": str(self.workers),
-            # One intra-op thread: the null model's forward pass stays near zero. On two, libgomp's
-            # workers spin-wait after each of its tiny parallel regions, which doubled the server's
-            # CPU per request here: a cost of torch's thread team, not of serving.
-            "OMP_NUM_THREADS": "1",
-        }
-        cmd = [sys.executable, "-m", "service"]
-        ready = "/readyz"
-        if self.decode_only:
-            cmd = [sys.executable, "-m", "bench.peers.decode_only", "--port", str(port)]
-            cmd += ["--processes", str(self.workers)]
-            ready = "/"
-        if self.cpus:
-            cmd = ["taskset", "-c", self.cpus, *cmd]
-        self.log = tempfile.TemporaryFile("w+")  # the server's stderr, shown if it fails; closed in __exit__
-        self.proc = subprocess.Popen(cmd, env=env, stderr=self.log, cwd=self.tree)
-        url = f"http://127.0.0.1:{port}"
-        try:
-            _wait_healthy("decode-only app" if self.decode_only else "vit-serve", self.proc, url + ready, self.log)
-        except RuntimeError:
-            self.__exit__()
-            raise
-        if self.decode_only:  # each process's first decode imports torch: not part of any request
-            for _ in range(4 * self.workers):
-                httpx.post(url, content=jpeg("224"), timeout=60, headers={"connection": "close"})
-        return url, self.proc.pid
-
-    def __exit__(self, *exc: object) -> None:
-        self.proc.terminate()
-        self.proc.wait(60)
-        self.log.close()
-
-
-def _measured_load(
-    pid: int, url: str, body: bytes | None, concurrency: int, seconds: float, cpus: str | None, tmp: Path
-) -> tuple[dict, float, float]:
-    """One load run (`_load`), and the CPU ms per request it cost the server `pid`: its own
-    process's, and its decode processes'."""
-    main_before, decode_before = server_cpu_seconds(pid)
-    load = _load(url, body, concurrency, seconds, cpus, tmp)
-    main_after, decode_after = server_cpu_seconds(pid)
-    per_request = 1000 / max(1, load["requests"])
-    return load, per_request * (main_after - main_before), per_request * (decode_after - decode_before)
+@contextlib.contextmanager
+def null_server(
+    cpus: str | None = None, tree: Path | None = None, decode_only: bool = False, workers: int = 1
+) -> Iterator[Server]:
+    """vit-serve with the null model on 127.0.0.1 and `workers` front-ends, optionally pinned, run
+    from the checkout `tree` (default: this one); or, with `decode_only`, the floor:
+    bench.peers.decode_only in `workers` processes."""
+    env = {
+        "VIT_MODEL": MODEL,
+        "VIT_DEVICE": "cpu",
+        "VIT_MAX_QUEUE_SIZE": "100000",
+        "VIT_LOG_LEVEL": "warning",
+        "VIT_WORKERS": str(workers),
+        # One intra-op thread: the null model's forward pass stays near zero. On two, libgomp's
+        # workers spin-wait after each of its tiny parallel regions, which doubled the server's
+        # CPU per request here: a cost of torch's thread team, not of serving.
+        "OMP_NUM_THREADS": "1",
+    }
+    if not decode_only:
+        with vit_serve(env, tree, cpus) as server:
+            yield server
+        return
+    port = free_port()
+    cmd = [sys.executable, "-m", "bench.peers.decode_only", "--port", str(port), "--processes", str(workers)]
+    with run(cmd, port, vit_serve_env(port, **env), "/", tree, cpus) as server:
+        for _ in range(4 * workers):  # each process's first decode imports torch: not part of any request
+            httpx.post(server.url, content=jpeg("224"), timeout=60, headers={"connection": "close"})
+        yield server
 
 
 def _engine_seconds(pid: int) -> float:
@@ -304,45 +264,6 @@ def _batch_totals(url: str) -> tuple[float, float]:
         return float(re.search(rf"^{name} (\S+)$", text, re.MULTILINE).group(1))  # type: ignore[union-attr]
 
     return value("vit_batch_size_count"), value("vit_batch_size_sum")
-
-
-def _load(url: str, body: bytes | None, concurrency: int, seconds: float, cpus: str | None, tmp: Path) -> dict:
-    """requests, requests/s, errors and latency percentiles of one closed-loop run."""
-    if not shutil.which("wrk"):
-        result = closed_loop(url, body, 1, concurrency, warmup_s=0.0, duration_s=seconds, content_type="image/jpeg")
-        return {
-            "requests": result.requests,
-            "requests_per_s": result.requests / seconds,
-            "errors": result.errors,
-            "p50_ms": result.p50_ms,
-            "p99_ms": result.p99_ms,
-        }
-    cmd = ["wrk", "-t1", f"-c{concurrency}", f"-d{max(1, round(seconds))}s", "--latency"]
-    if body is not None:
-        (tmp / "body.jpg").write_bytes(body)
-        script = tmp / "post.lua"
-        script.write_text(
-            'wrk.method = "POST"\nwrk.headers["Content-Type"] = "image/jpeg"\n'
-            f'local f = io.open("{tmp / "body.jpg"}", "rb")\nwrk.body = f:read("*a")\nf:close()\n'
-        )
-        cmd += ["-s", str(script)]
-    if cpus:
-        cmd = ["taskset", "-c", cpus, *cmd]
-    out = subprocess.run([*cmd, url], capture_output=True, text=True, check=True).stdout
-    requests = int(re.search(r"(\d+) requests in", out).group(1))  # type: ignore[union-attr]
-    errors = re.search(r"Non-2xx or 3xx responses: (\d+)", out)
-    return {
-        "requests": requests,
-        "requests_per_s": float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1)),  # type: ignore[union-attr]
-        "errors": int(errors.group(1)) if errors else 0,
-        "p50_ms": _ms(re.search(r"50%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
-        "p99_ms": _ms(re.search(r"99%\s+([\d.]+\w+)", out).group(1)),  # type: ignore[union-attr]
-    }
-
-
-def _ms(text: str) -> float:
-    value, unit = re.fullmatch(r"([\d.]+)(\w+)", text).groups()  # type: ignore[union-attr]
-    return float(value) * {"us": 0.001, "ms": 1.0, "s": 1000.0, "m": 60000.0}[unit]
 
 
 def _decode_ms(data: bytes, rounds: int = 5, seconds: float = 0.2) -> float:
@@ -390,10 +311,6 @@ def _line(point: dict) -> str:
         f"({point['decode_processes_cpu_ms_per_request']:.3f} in decode processes), "
         f"mean batch {point['mean_batch_size']:.1f}"
     )
-
-
-def _machine() -> dict[str, Any]:
-    return {"cpu": cpu_model(), "cores": os.cpu_count(), "python": platform.python_version()}
 
 
 def _plot(points: list[dict], path: Path, result: dict) -> None:

@@ -11,7 +11,7 @@ from PIL import Image
 from skimage import data
 
 SIZES = {"224": (224, 224), "500x375": (500, 375)}  # a model-sized image, and an ImageNet-like photo
-PHONE = "4000x3000"  # a 12-megapixel photo, for the decoder alone (python -m bench.decode)
+PHONE = "4000x3000"  # a 12-megapixel photo, for the decoder alone (python -m bench.probes.decode)
 PHONE_GRAIN = PHONE + "+grain"  # the same with a phone's grain and weight (see `jpeg`)
 
 

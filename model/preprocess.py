@@ -8,7 +8,7 @@ resized without one), and only the first frame of an animation is ever touched.
 
 Pillow parses every image's headers (format, size, EXIF orientation, mode); the pixels of an
 ordinary JPEG (RGB or greyscale, upright) are decoded by simplejpeg, libjpeg-turbo called without
-Pillow's per-image overhead: the same pixels, faster for small photos (`python -m bench.decoders`,
+Pillow's per-image overhead: the same pixels, faster for small photos (`python -m bench.probes.decoders`,
 docs/BENCHMARKS.md). Everything else is decoded by Pillow.
 
 This module needs only Pillow, simplejpeg and numpy, never torch: the service's decode processes

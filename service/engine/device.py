@@ -8,7 +8,7 @@ All of an engine's torch work (loading, warm-up, forward passes, and on the CPU 
 runs on one thread of its own, `Engine.torch_thread`. torch's CPU kernels run on libgomp, which gives
 every thread that opens a parallel region its own team of worker threads; once a process has
 more such workers than cores, libgomp stops spin-waiting between regions and each of the ~100
-regions of a forward pass pays a futex wake-up (`python -m bench.threads` measures it:
+regions of a forward pass pays a futex wake-up (`python -m bench.probes.threads` measures it:
 docs/BENCHMARKS.md).
 """
 

@@ -45,9 +45,9 @@ def _run(*args: str) -> str:
 
 
 def test_thread_and_decode_probes_run() -> None:
-    threads = _run("bench.threads", "--model", "vit_test_tiny", "--passes", "3", "--rounds", "1")
+    threads = _run("bench.probes.threads", "--model", "vit_test_tiny", "--passes", "3", "--rounds", "1")
     assert threads.startswith("round 1: built and run on one thread ") and "×)" in threads
-    decode = _run("bench.decode", "--workers", "2", "--seconds", "0.05")
+    decode = _run("bench.probes.decode", "--workers", "2", "--seconds", "0.05")
     lines = decode.splitlines()
     assert [line.split(":")[0] for line in lines[:2]] == ["224", "500x375"]
     assert all(all(f"{v} " in line for v in ("serial", "threads", "processes", "service")) for line in lines[:2])
@@ -76,7 +76,8 @@ def test_the_ceiling_benchmark_runs(tmp_path) -> None:
 
 
 def test_the_decoder_comparison_and_the_ab_run(tmp_path: Path) -> None:
-    measured = [line for line in _run("bench.decoders", "--rounds", "1").splitlines() if "not measured" not in line]
+    lines = _run("bench.probes.decoders", "--rounds", "1").splitlines()
+    measured = [line for line in lines if "not measured" not in line]
     assert [line.split(":")[0] for line in measured] == [
         "224",
         "500x375",
@@ -84,13 +85,13 @@ def test_the_decoder_comparison_and_the_ab_run(tmp_path: Path) -> None:
         "4000x3000 scaled",
     ]
     assert all("service (simplejpeg)" in line and "(max |Δ| 0)" in line for line in measured[:3])
-    ab = _run("bench.ab", ".", "--rounds", "1", "--duration", "1", "--sizes", "224").splitlines()
+    ab = _run("bench.probes.ab", ".", "--rounds", "1", "--duration", "1", "--sizes", "224").splitlines()
     assert ab[-1].startswith("224: this tree's server CPU per request ÷ the other's, per round: ")
 
 
 def test_the_dtype_comparison_runs() -> None:
     out = _run(
-        "bench.dtypes", "--model", "vit_test_tiny", "--rounds", "1", "--duration", "0.5", "--warmup", "0.2"
+        "bench.probes.dtypes", "--model", "vit_test_tiny", "--rounds", "1", "--duration", "0.5", "--warmup", "0.2"
     ).splitlines()
     assert ", CPU native bf16 flag: " in out[0]
     assert "(VIT_QUANTIZE=int8: " in out[3]  # the third server's /v1/models says why
@@ -103,7 +104,7 @@ def test_the_dtype_comparison_runs() -> None:
 
 
 def test_the_gil_benchmark_runs() -> None:
-    lines = _run("bench.gil", "--rounds", "1", "--batches", "3", "--batch", "2").splitlines()
+    lines = _run("bench.probes.gil", "--rounds", "1", "--batches", "3", "--batch", "2").splitlines()
     cases = [line for line in lines if line.startswith("main thread ")]
     assert [line.split(":")[0] for line in cases] == [f"main thread {c}" for c in ("idle", "python", "no-gil")]
     assert all("per batch of 2: CPU " in line and "; wall " in line for line in cases)

@@ -4,20 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import socket
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import AsyncIterator, Callable, Iterator, Sequence
-from dataclasses import dataclass
 
 import httpx
 import torch
 import uvicorn
 from fastapi import FastAPI
 
+from bench.harness import VIT_SERVE, Server, vit_serve, vit_serve_env
 from service.app import create_app
 from service.engine import BatchOutput, Engine
 from service.engine.handle import in_process
@@ -127,52 +124,17 @@ def live_server(
         thread.join(30)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 def start_server(port: int, **env: str) -> subprocess.Popen[str]:
     """`python -m service` in its own process on 127.0.0.1:port, with VIT_* variables from `env`."""
-    environ = {**os.environ, "VIT_HOST": "127.0.0.1", "VIT_PORT": str(port), **env}
-    return subprocess.Popen([sys.executable, "-m", "service"], env=environ, stderr=subprocess.PIPE, text=True)
-
-
-@dataclass
-class ServerProcess:
-    url: str
-    port: int
-    proc: subprocess.Popen[str]
-    log: str = ""  # its stderr, once it has exited
+    return subprocess.Popen(VIT_SERVE, env=vit_serve_env(port, **env), stderr=subprocess.PIPE, text=True)
 
 
 @contextlib.contextmanager
-def server_process(**env: str) -> Iterator[ServerProcess]:
-    """`python -m service` on a free port with these VIT_* variables, once ready; killed at the end
-    if it is still running, and its log kept."""
-    port = free_port()
-    server = ServerProcess(f"http://127.0.0.1:{port}", port, start_server(port, **env))
-    try:
-        wait_ready(server.url, server.proc)
+def server_process(**env: str) -> Iterator[Server]:
+    """`python -m service` on a free port with these VIT_* variables, once ready (bench.harness);
+    killed at the end if it is still running, and its log kept."""
+    with vit_serve(env, grace_s=0) as server:
         yield server
-    finally:
-        if server.proc.poll() is None:
-            server.proc.kill()
-        server.log = server.proc.communicate(timeout=60)[1]
-
-
-def wait_ready(url: str, proc: subprocess.Popen[str], seconds: float = 120) -> None:
-    end = time.monotonic() + seconds
-    while time.monotonic() < end:
-        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
-        try:
-            if httpx.get(f"{url}/readyz", timeout=1).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        time.sleep(0.1)
-    raise AssertionError("the server did not become ready")
 
 
 async def until(condition: Callable[[], bool], seconds: float = 30.0) -> None:

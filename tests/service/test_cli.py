@@ -10,9 +10,9 @@ import sys
 import httpx
 import pytest
 
+from bench.harness import free_port, wait_ready
 from service import cli
 from service.settings import Settings
-from tests.service.servers import free_port, wait_ready
 
 
 def test_every_setting_has_its_flag_and_its_variable_in_the_help() -> None:
@@ -28,7 +28,7 @@ def test_a_flag_wins_over_its_variable() -> None:
     command = [sys.executable, "-m", "service", "--max-batch-size", "4"]
     proc = subprocess.Popen(command, env=env, stderr=subprocess.PIPE, text=True)
     try:
-        wait_ready(f"http://127.0.0.1:{port}", proc)
+        wait_ready(f"http://127.0.0.1:{port}/readyz", proc)
         models = httpx.get(f"http://127.0.0.1:{port}/v1/models", timeout=10).json()
     finally:
         proc.terminate()

@@ -22,10 +22,11 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.harness import free_port, wait_ready
 from bench.procfs import process_tree
 from service.processes import CRASH_LOOP_S
 from tests.images import encode, gradient, photo
-from tests.service.servers import free_port, server_process, wait_ready
+from tests.service.servers import server_process
 
 pytestmark = pytest.mark.slow
 
@@ -139,7 +140,7 @@ def test_a_killed_front_end_is_replaced_and_the_service_keeps_answering() -> Non
                 break
             time.sleep(0.05)
         assert now["vit-engine"] == old["vit-engine"] and now["vit-front-end-2"] == old["vit-front-end-2"]
-        wait_ready(server.url, server.proc)
+        wait_ready(f"{server.url}/readyz", server.proc)
         time.sleep(2)  # the replacement connects to the engine and starts its decode processes
         for _ in range(20):  # new connections, spread over both front-ends
             with httpx.Client(base_url=server.url, timeout=30) as client:

@@ -11,9 +11,10 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.harness import free_port, wait_ready
 from tests.images import encode, gradient
 from tests.service.corpus import CASES, MAX_BODY, MAX_IMAGES, Case, exif_rotated_jpeg
-from tests.service.servers import free_port, live_server, start_server, tiny_settings, wait_ready
+from tests.service.servers import live_server, start_server, tiny_settings
 
 LIMITS = {"max_images_per_request": MAX_IMAGES, "max_body_bytes": MAX_BODY}
 
@@ -146,7 +147,7 @@ def test_memory_does_not_grow_across_a_thousand_bad_requests() -> None:
     proc = start_server(port, **env)
     bad = [c for c in CASES if c.type is not None]
     try:
-        wait_ready(url, proc)
+        wait_ready(f"{url}/readyz", proc)
         with httpx.Client(base_url=url, timeout=30) as client:
 
             def hammer(n: int) -> None:

@@ -10,8 +10,9 @@ import httpx
 import numpy as np
 import pytest
 
+from bench.harness import free_port, wait_ready
 from tests.images import encode, gradient
-from tests.service.servers import free_port, start_server, wait_ready
+from tests.service.servers import start_server
 
 REQUESTS, CONCURRENCY = 2000, 32
 
@@ -29,7 +30,7 @@ def test_every_request_gets_exactly_one_right_answer() -> None:
     images = [encode(gradient(20 + 3 * i, 50 - 2 * i), "PNG") for i in range(8)]
     post = {"headers": {"content-type": "image/png"}}
     try:
-        wait_ready(url, proc)
+        wait_ready(f"{url}/readyz", proc)
         expected = [
             np.array(httpx.post(f"{url}/v1/embeddings", content=d, **post).json()["data"][0]["embedding"])
             for d in images

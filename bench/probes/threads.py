@@ -1,4 +1,4 @@
-"""`python -m bench.threads`: why all of an engine's torch work runs on one thread.
+"""`python -m bench.probes.threads`: why all of an engine's torch work runs on one thread.
 
 Times a batch-1 forward pass of a model built and run on the same thread, against one built on
 the main thread and run on a worker thread (each in a fresh process, so neither inherits the
@@ -39,7 +39,7 @@ def _median_pass_ms(model_name: str, build_on_worker: bool, passes: int) -> floa
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.threads", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.probes.threads", description=__doc__)
     parser.add_argument("--model", default="vit_small_patch16_224")
     parser.add_argument("--passes", type=int, default=40)
     parser.add_argument("--rounds", type=int, default=3)
@@ -51,7 +51,7 @@ def main() -> None:
     for round_ in range(args.rounds):  # interleaved, so drift on a shared machine hits both alike
         times = {}
         for mode in ("same", "other"):
-            cmd = [sys.executable, "-m", "bench.threads", "--model", args.model, "--passes", str(args.passes)]
+            cmd = [sys.executable, "-m", "bench.probes.threads", "--model", args.model, "--passes", str(args.passes)]
             out = subprocess.run([*cmd, "--child", mode], capture_output=True, text=True, check=True)
             times[mode] = float(out.stdout)
         print(

@@ -1,4 +1,4 @@
-"""`python -m bench.decoders`: JPEG decoders compared: Pillow, the service's (simplejpeg for
+"""`python -m bench.probes.decoders`: JPEG decoders compared: Pillow, the service's (simplejpeg for
 ordinary JPEGs, model.preprocess.decode_image) and PyTurboJPEG.
 
 Each decodes the benchmark's JPEGs (224×224, 500×375, and a 12-megapixel phone photo) and
@@ -77,7 +77,7 @@ def _ms(decode: Decoder, data: bytes, scaled: bool, repeat: int) -> float:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.decoders", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.probes.decoders", description=__doc__)
     parser.add_argument("--rounds", type=int, default=5)
     args = parser.parse_args()
     decoders, missing = _decoders()

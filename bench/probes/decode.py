@@ -1,4 +1,4 @@
-"""`python -m bench.decode`: decoding spread over the cores: threads, a process pool, and the
+"""`python -m bench.probes.decode`: decoding spread over the cores: threads, a process pool, and the
 service's decode processes.
 
 Decodes and resizes the benchmark's JPEGs (`model.preprocess.load_image`, as the service does)
@@ -53,7 +53,7 @@ async def _all_at_once(pool: DecodePool, images: list[bytes]) -> list[object]:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.decode", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.probes.decode", description=__doc__)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 1)
     parser.add_argument("--seconds", type=float, default=3.0)
     parser.add_argument("--rounds", type=int, default=3)

@@ -1,4 +1,4 @@
-"""`python -m bench.ab <checkout>`: this tree's serving layer against another checkout's, interleaved.
+"""`python -m bench.probes.ab <checkout>`: this tree's serving layer against another checkout's, interleaved.
 
 Is a change faster? These hosts are shared and drift by tens of percent within minutes, so two
 separate `bench.ceiling` runs cannot say. This runs the null-model server of bench.ceiling from
@@ -12,15 +12,15 @@ from __future__ import annotations
 
 import argparse
 import statistics
-import tempfile
 from pathlib import Path
 
-from bench.ceiling import _load, _measured_load, _server
+from bench.ceiling import null_server
+from bench.harness import load, measured_load
 from bench.workload import jpeg
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.probes.ab", description=__doc__)
     parser.add_argument("checkout", type=Path, help="the other tree: a worktree or clone of another commit")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--sizes", default="224,500x375")
@@ -31,24 +31,23 @@ def main(argv: list[str] | None = None) -> None:
     trees = {"this": None, "other": args.checkout.resolve()}
     sizes = args.sizes.split(",")
     cpu: dict[tuple[str, str], list[float]] = {(tree, size): [] for tree in trees for size in sizes}
-    with tempfile.TemporaryDirectory() as tmp:
-        for round_ in range(args.rounds):
-            for tree, path in trees.items():
-                with _server(None, path, workers=args.workers) as (url, pid):
-                    for size in sizes:
-                        body, target = jpeg(size), url + "/v1/classify?top_k=1"
-                        _load(target, body, args.concurrency, 1, None, Path(tmp))  # warm-up, not measured
-                        load, main_ms, decode_ms = _measured_load(
-                            pid, target, body, args.concurrency, args.duration, None, Path(tmp)
-                        )
-                        ms = main_ms + decode_ms
-                        cpu[(tree, size)].append(ms)
-                        print(
-                            f"round {round_ + 1} {tree} {size}: {load['requests_per_s']:.0f} requests/s, "
-                            f"{ms:.3f} ms server CPU per request, "
-                            f"p50 {load['p50_ms']:.1f} ms, p99 {load['p99_ms']:.1f} ms",
-                            flush=True,
-                        )
+    for round_ in range(args.rounds):
+        for tree, path in trees.items():
+            with null_server(tree=path, workers=args.workers) as server:
+                for size in sizes:
+                    body, target = jpeg(size), server.url + "/v1/classify?top_k=1"
+                    load(target, body, args.concurrency, 1)  # warm-up, not measured
+                    result, main_ms, decode_ms = measured_load(
+                        server.pid, target, body, args.concurrency, args.duration
+                    )
+                    ms = main_ms + decode_ms
+                    cpu[(tree, size)].append(ms)
+                    print(
+                        f"round {round_ + 1} {tree} {size}: {result['requests_per_s']:.0f} requests/s, "
+                        f"{ms:.3f} ms server CPU per request, "
+                        f"p50 {result['p50_ms']:.1f} ms, p99 {result['p99_ms']:.1f} ms",
+                        flush=True,
+                    )
     for size in sizes:
         ratios = [a / b for a, b in zip(cpu[("this", size)], cpu[("other", size)], strict=True)]
         print(

@@ -1,4 +1,4 @@
-"""`python -m bench.dtypes`: VIT_DTYPE=auto and VIT_QUANTIZE=int8 against float32, end to end
+"""`python -m bench.probes.dtypes`: VIT_DTYPE=auto and VIT_QUANTIZE=int8 against float32, end to end
 through the server.
 
 One ViT-S/16 (`--model`) with random weights, saved once so every server serves the same weights,
@@ -17,10 +17,7 @@ from __future__ import annotations
 import argparse
 import base64
 import datetime
-import os
 import statistics
-import subprocess
-import sys
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -30,8 +27,8 @@ import httpx
 import numpy as np
 import torch
 
+from bench.harness import vit_serve
 from bench.load import closed_loop
-from bench.systems import _free_port, _wait_healthy
 from bench.workload import jpeg
 from model.checkpoints import save_native
 from model.config import preset
@@ -43,29 +40,19 @@ from service.engine.precision import native_bf16
 @contextmanager
 def _serving(checkpoint: Path, model: str, variant: str) -> Iterator[str]:
     """vit-serve on 127.0.0.1 with these weights and this VIT_DTYPE (or int8), once ready; yields its URL."""
-    port = _free_port()
-    env = {
-        **os.environ,
-        "VIT_CHECKPOINT": str(checkpoint),
-        "VIT_MODEL": model,
-        "VIT_DTYPE": "float32" if variant == "int8" else variant,
-        "VIT_QUANTIZE": "int8" if variant == "int8" else "none",
-        "VIT_MAX_BATCH_SIZE": "16",
-        "VIT_HOST": "127.0.0.1",
-        "VIT_PORT": str(port),
-        "VIT_DEVICE": "cpu",
-        "VIT_MAX_QUEUE_SIZE": "100000",
-        "VIT_LOG_LEVEL": "warning",
-    }
-    url = f"http://127.0.0.1:{port}"
-    with tempfile.TemporaryFile("w+") as log:
-        process = subprocess.Popen([sys.executable, "-m", "service"], env=env, stderr=log)
-        try:
-            _wait_healthy("vit-serve", process, f"{url}/readyz", log)
-            yield url
-        finally:
-            process.terminate()
-            process.wait(60)
+    with vit_serve(
+        {
+            "VIT_CHECKPOINT": str(checkpoint),
+            "VIT_MODEL": model,
+            "VIT_DTYPE": "float32" if variant == "int8" else variant,
+            "VIT_QUANTIZE": "int8" if variant == "int8" else "none",
+            "VIT_MAX_BATCH_SIZE": "16",
+            "VIT_DEVICE": "cpu",
+            "VIT_MAX_QUEUE_SIZE": "100000",
+            "VIT_LOG_LEVEL": "warning",
+        }
+    ) as server:
+        yield server.url
 
 
 def _embeddings(url: str, photos: list[bytes]) -> np.ndarray:
@@ -75,7 +62,7 @@ def _embeddings(url: str, photos: list[bytes]) -> np.ndarray:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.dtypes", description=__doc__)
+    parser = argparse.ArgumentParser(prog="python -m bench.probes.dtypes", description=__doc__)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--duration", type=float, default=20.0)
     parser.add_argument("--concurrency", type=int, default=16)

@@ -1,4 +1,4 @@
-"""`python -m bench.gil`: what a busy event loop costs the engine thread beside it.
+"""`python -m bench.probes.gil`: what a busy event loop costs the engine thread beside it.
 
 One vit-serve process runs its event loop (HTTP, parsing, answering) and the engine's torch
 thread in one interpreter, and every torch op releases the GIL and takes it back. This runs
@@ -66,7 +66,7 @@ def measure(engine: Engine, batch: int, batches: int, main: Callable[[], None] |
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m bench.gil", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m bench.probes.gil", description=__doc__.split("\n\n")[0])
     parser.add_argument("--batch", type=int, default=7, help="images a batch (7-8: the ceiling's mean at 224×224)")
     parser.add_argument("--batches", type=int, default=100)
     parser.add_argument("--rounds", type=int, default=2)
