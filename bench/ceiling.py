@@ -230,8 +230,8 @@ def null_server(
         "VIT_LOG_LEVEL": "warning",
         "VIT_WORKERS": str(workers),
         # One intra-op thread: the null model's forward pass stays near zero. On two, libgomp's
-        # workers spin-wait after each of its tiny parallel regions, which doubled the server's
-        # CPU per request here: a cost of torch's thread team, not of serving.
+        # workers spin-wait after each of its tiny parallel regions, a cost of torch's thread team,
+        # not of serving (BENCHMARKS.md, "The serving ceiling").
         "OMP_NUM_THREADS": "1",
     }
     if not decode_only:

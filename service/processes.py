@@ -52,8 +52,8 @@ from service.settings import Settings
 if TYPE_CHECKING:
     from service.engine import Engine
 
-# The supervisor imports only the standard library and the settings (not torch and the app, some
-# 200 MB resident): what serves is imported where it runs, in `serve` and in the children.
+# The supervisor imports only the standard library and the settings (not torch and the app, which
+# take hundreds of MB resident): what serves is imported where it runs, in `serve` and in the children.
 
 log = logging.getLogger("service")
 
