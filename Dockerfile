@@ -27,8 +27,12 @@ RUN pip install --no-deps .
 
 FROM python:${PYTHON}-slim
 COPY --from=build /opt/venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 VIT_HOST=0.0.0.0 VIT_PORT=8000
-RUN useradd --create-home --uid 10001 vit
+# Compiled graphs (CUDA's default, int8) are kept in /var/cache/vit-serve: mount a volume there and
+# a new container finds what an earlier one compiled (docs/DEPLOY.md, Compiled start-up).
+ENV PATH=/opt/venv/bin:$PATH PYTHONUNBUFFERED=1 VIT_HOST=0.0.0.0 VIT_PORT=8000 \
+    VIT_COMPILE_CACHE_DIR=/var/cache/vit-serve
+RUN useradd --create-home --uid 10001 vit \
+    && mkdir -p /var/cache/vit-serve && chown 10001:10001 /var/cache/vit-serve
 USER 10001
 WORKDIR /home/vit
 EXPOSE 8000

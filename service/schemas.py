@@ -89,6 +89,9 @@ class ModelInfo(BaseModel):
     dtype: str
     dtype_reason: str = Field(description="why this dtype: VIT_DTYPE, or what auto found (CPU flags, start-up probe)")
     checkpoint: CheckpointInfo
+    compiled_batch_sizes: list[int] = Field(
+        description="the batch sizes torch.compile compiled at start (a batch is padded up to one); [] uncompiled"
+    )
     max_batch_size: int
     max_wait_ms: float
 

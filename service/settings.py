@@ -37,6 +37,11 @@ class Settings(BaseSettings):
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N")
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     compile: bool | None = Field(None, description="torch.compile the model (default: on for CUDA and for int8)")
+    compile_cache_dir: Path | None = Field(
+        None,
+        description="where compiled graphs are kept between starts (a volume): a start that finds them skips most of"
+        " compiling; default: torch's own, under the temp directory",
+    )
     quantize: Literal["none", "int8"] = Field(
         "none", description="int8: the encoder blocks' Linear layers in dynamic int8 (torchao), compiled; CPU only"
     )

@@ -8,8 +8,8 @@ concurrency 16 (bench.load's closed loop). Printed: images/s of each, each varia
 float32 per round and its median, the dtype chosen and why (from /v1/models), and the cosine
 between each server's embeddings of the benchmark's photos and float32's. The machine, its CPU
 flags and the date go with the figures: auto's choice depends on the CPU. int8 compiles one graph
-per batch-size bucket at start-up (32–36 s each for ViT-S/16 on two cores with an empty inductor
-cache), before it is ready.
+per batch-size bucket at start-up, before it is ready: set VIT_COMPILE_CACHE_DIR in the
+environment to start from a cache (bench.probes.compiled_start).
 """
 
 from __future__ import annotations

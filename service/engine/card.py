@@ -27,6 +27,7 @@ class ModelCard:
     checkpoint_format: str  # "native", "huggingface", "timm", "npz", "builtin", "random"
     checkpoint_path: str | None
     checkpoint_sha256: str | None
+    compiled_buckets: tuple[int, ...] = ()  # the batch sizes compiled at warm-up; () uncompiled
 
     @property
     def image_size(self) -> int:
@@ -57,4 +58,5 @@ class ModelCard:
     def from_json(cls, text: str) -> ModelCard:
         fields = json.loads(text)
         cfg, preprocess = ViTConfig.from_dict(fields.pop("cfg")), PreprocessConfig.from_dict(fields.pop("preprocess"))
-        return cls(cfg=cfg, preprocess=preprocess, **fields | {"labels": tuple(fields["labels"])})
+        tuples = {"labels": tuple(fields["labels"]), "compiled_buckets": tuple(fields["compiled_buckets"])}
+        return cls(cfg=cfg, preprocess=preprocess, **fields | tuples)

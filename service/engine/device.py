@@ -15,7 +15,9 @@ docs/BENCHMARKS.md).
 from __future__ import annotations
 
 import logging
+import os
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
@@ -51,6 +53,16 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"VIT_DEVICE={name} but no CUDA device is available")
     return device
+
+
+def use_compile_cache(path: Path) -> None:
+    """Keep what torch.compile makes under `path` (VIT_COMPILE_CACHE_DIR), so that the next start
+    on any machine that mounts it finds it, where torch's default cache lives under the temp
+    directory, which a new container or pod starts without. Inductor keeps its generated kernels,
+    their compiled binaries and its graphs there (Triton's too, on CUDA), each written aside and
+    renamed, so processes and pods may share one directory. Set before the first compilation."""
+    path.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path.resolve())
 
 
 @dataclass
@@ -141,6 +153,8 @@ class Engine:
             overrides["resize_size"] = 0
         device = resolve_device(settings.device)
         resolved = settings.resolve(device.type)
+        if resolved.compile and settings.compile_cache_dir is not None:
+            use_compile_cache(settings.compile_cache_dir)
         size = ckpt.config.image_size
         int8 = settings.quantize == "int8"
         if int8 and device.type != "cpu":
@@ -262,7 +276,13 @@ class Engine:
         if self.compiled:  # one graph per bucket: more than dynamo's default limit of 8
             torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, len(self.buckets))
         blank = np.zeros((self.image_size, self.image_size, 3), dtype=np.uint8)
-        for size in self.buckets:
+        for i, size in enumerate(self.buckets):
+            started = time.perf_counter()
             self.forward(self.stage([blank] * size))
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            if self.compiled:
+                seconds = time.perf_counter() - started
+                log.info("compiled batch size %d (%d of %d) in %.1f s", size, i + 1, len(self.buckets), seconds)
+        if self.compiled:
+            self.card = replace(self.card, compiled_buckets=tuple(self.buckets))

@@ -42,6 +42,7 @@ async def models(request: Request) -> dict[str, Any]:
                     "path": card.checkpoint_path,
                     "sha256": card.checkpoint_sha256,
                 },
+                "compiled_batch_sizes": list(card.compiled_buckets),
                 "max_batch_size": serving.resolved.max_batch_size,
                 "max_wait_ms": serving.settings.max_wait_ms,
             }

@@ -140,3 +140,12 @@ def test_the_kit_knows_a_gpus_peak_by_its_name() -> None:
     assert peak_tflops("NVIDIA H200") == 989.0
     assert peak_tflops("NVIDIA L40S") == 362.0 and peak_tflops("NVIDIA L4") == 121.0  # not L4's for L40S
     assert peak_tflops("Some Future GPU") is None and peak_tflops(None) is None
+
+
+def test_the_compiled_start_probe_runs() -> None:
+    """Its plumbing, uncompiled (seconds): what a cache saves is tests/service/scenarios/test_compiled_start.py's."""
+    out = _run("bench.probes.compiled_start", "--model", "vit_test_tiny", "--env", "VIT_COMPILE=false", "--starts", "2")
+    lines = out.splitlines()
+    assert "'VIT_COMPILE': 'false'" in lines[0] and len(lines) == 3
+    assert lines[1].startswith("start 1 (empty cache): ready in ") and "none (not compiled)" in lines[1]
+    assert lines[2].startswith("start 2 (the cache, an empty temp directory): ready in ")

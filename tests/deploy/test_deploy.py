@@ -217,3 +217,25 @@ def test_dockerfile_runs_vit_serve_as_non_root_with_a_readiness_healthcheck() ->
     assert re.search(r"HEALTHCHECK .*\n.*/readyz", final)
     assert "COPY model ./model" in text  # the built-in model ships as package data
     assert text.index("pip install -r") < text.index("COPY model")  # dependencies cached before the code
+
+
+def test_the_compile_cache_is_a_volume_wherever_the_image_runs() -> None:
+    """The image sets VIT_COMPILE_CACHE_DIR to a directory its user owns; compose, the Deployment
+    and the KServe predictor each mount a volume that outlives the container there."""
+    final = (ROOT / "Dockerfile").read_text().rsplit("\nFROM ", 1)[1]
+    cache = re.search(r"VIT_COMPILE_CACHE_DIR=(\S+)", final).group(1)  # type: ignore[union-attr]
+    assert f"chown 10001:10001 {cache}" in final
+    assert Settings(_env_file=None, compile_cache_dir=cache).compile_cache_dir == Path(cache)
+    compose = load_yaml(ROOT / "docker-compose.yml")
+    for name in ("vit-serve-gpu", "vit-serve-cpu"):
+        mounts = dict(v.split(":")[:2] for v in compose["services"][name]["volumes"])
+        assert {source for source, target in mounts.items() if target == cache} <= set(compose["volumes"])
+        assert cache in mounts.values()
+    claim = k8s("PersistentVolumeClaim")
+    assert claim["spec"]["accessModes"] == ["ReadWriteMany"]  # the pods of several nodes share it
+    isvc = load_yaml(DEPLOY / "kserve" / "inferenceservice.yaml")["spec"]["predictor"]
+    for pod in (k8s("Deployment")["spec"]["template"]["spec"], isvc):
+        (container,) = pod["containers"]
+        mount = next(m for m in container["volumeMounts"] if m["mountPath"] == cache)
+        volume = next(v for v in pod["volumes"] if v["name"] == mount["name"])
+        assert volume["persistentVolumeClaim"]["claimName"] == claim["metadata"]["name"]

@@ -24,13 +24,14 @@ def card(**cfg_changes: object) -> ModelCard:
         checkpoint_format="huggingface",
         checkpoint_path="/models/m",
         checkpoint_sha256="0" * 64,
+        compiled_buckets=(1, 2, 4, 8),
     )
 
 
 def test_a_card_crosses_to_a_front_end_unchanged() -> None:
     original = card(proj_dim=16)
     crossed = ModelCard.from_json(original.to_json())
-    assert crossed == original and isinstance(crossed.labels, tuple)
+    assert crossed == original and isinstance(crossed.labels, tuple) and isinstance(crossed.compiled_buckets, tuple)
     assert [f.name for f in dataclasses.fields(crossed)] == [f.name for f in dataclasses.fields(original)]
 
 

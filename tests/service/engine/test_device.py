@@ -30,6 +30,7 @@ def test_a_compiled_engine_pads_every_batch_to_a_warmed_bucket_and_never_recompi
     engine = Engine.from_settings(tiny_settings(compile=True))
     engine.warmup(4)
     assert engine.compiled and engine.buckets == [1, 2, 4]
+    assert engine.card.compiled_buckets == (1, 2, 4)  # /v1/models' compiled_batch_sizes
     out, eager = compiled_and_eager(engine, 3)  # a batch of 3 must run as bucket 4
     assert out.probs is not None and eager.logits is not None
     assert out.probs.shape == (3, 10) and out.embeddings.shape == (3, 48)
