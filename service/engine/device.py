@@ -60,9 +60,19 @@ def use_compile_cache(path: Path) -> None:
     on any machine that mounts it finds it, where torch's default cache lives under the temp
     directory, which a new container or pod starts without. Inductor keeps its generated kernels,
     their compiled binaries and its graphs there (Triton's too, on CUDA), each written aside and
-    renamed, so processes and pods may share one directory. Set before the first compilation."""
+    renamed, so processes and pods may share one directory. Set before the first compilation.
+
+    Inductor's precompiled C++ header is the exception: it is placed under the temp directory
+    when torch is imported, whatever the cache directory, and rebuilding it was most of a cached
+    start's first batch size (BENCHMARKS.md, "Compiled start-up"). It moves into the cache too,
+    through inductor's module globals: a torch without them only loses that saving."""
     path.mkdir(parents=True, exist_ok=True)
     os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path.resolve())
+    from torch._inductor import codecache
+
+    if hasattr(codecache, "_HEADER_DIR") and hasattr(codecache, "_HEADER_LOCK_DIR"):
+        codecache._HEADER_DIR = str(path.resolve() / "precompiled_headers")
+        codecache._HEADER_LOCK_DIR = str(path.resolve() / "precompiled_headers" / "locks")
 
 
 @dataclass
