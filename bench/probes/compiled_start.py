@@ -22,8 +22,9 @@ from pathlib import Path
 from bench.harness import machine, vit_serve
 
 
-def cache_files(root: Path) -> int:
-    return sum(1 for path in root.rglob("*") if path.is_file() and "locks" not in path.parts)
+def cache_files(root: Path) -> set[Path]:
+    """The files of a compile cache (lock files aside), relative to it."""
+    return {path.relative_to(root) for path in root.rglob("*") if path.is_file() and "locks" not in path.parts}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -39,7 +40,7 @@ def main(argv: list[str] | None = None) -> None:
         for start in range(args.starts):
             temp = Path(root) / f"tmp{start}"
             temp.mkdir()
-            before = cache_files(cache) if cache.exists() else 0
+            before = cache_files(cache)
             env = {"VIT_MODEL": args.model, "VIT_LOG_LEVEL": "info", **settings}
             env |= {"VIT_COMPILE_CACHE_DIR": str(cache), "TMPDIR": str(temp)}
             with vit_serve(env) as server:
@@ -48,7 +49,7 @@ def main(argv: list[str] | None = None) -> None:
             shown = ", ".join(f"{size}: {seconds} s" for size, seconds in buckets)
             print(
                 f"start {start + 1} ({'empty cache' if start == 0 else 'the cache, an empty temp directory'}):"
-                f" ready in {server.ready_s:.1f} s, {cache_files(cache) - before} files added to the cache;"
+                f" ready in {server.ready_s:.1f} s, {len(cache_files(cache) - before)} files added to the cache;"
                 f" batch sizes compiled: {shown or 'none (not compiled)'}",
                 flush=True,
             )

@@ -66,13 +66,14 @@ def use_compile_cache(path: Path) -> None:
     when torch is imported, whatever the cache directory, and rebuilding it was most of a cached
     start's first batch size (BENCHMARKS.md, "Compiled start-up"). It moves into the cache too,
     through inductor's module globals: a torch without them only loses that saving."""
-    path.mkdir(parents=True, exist_ok=True)
-    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(path.resolve())
+    root = path.resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    os.environ["TORCHINDUCTOR_CACHE_DIR"] = str(root)
     from torch._inductor import codecache
 
     if hasattr(codecache, "_HEADER_DIR") and hasattr(codecache, "_HEADER_LOCK_DIR"):
-        codecache._HEADER_DIR = str(path.resolve() / "precompiled_headers")
-        codecache._HEADER_LOCK_DIR = str(path.resolve() / "precompiled_headers" / "locks")
+        codecache._HEADER_DIR = str(root / "precompiled_headers")
+        codecache._HEADER_LOCK_DIR = str(root / "precompiled_headers" / "locks")
 
 
 @dataclass

@@ -10,11 +10,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from bench.probes.compiled_start import cache_files
 from tests.service.servers import server_process
-
-
-def cache_files(root: Path) -> set[Path]:
-    return {path.relative_to(root) for path in root.rglob("*") if path.is_file() and "locks" not in path.parts}
 
 
 @pytest.mark.slow
