@@ -7,8 +7,11 @@
 # The CUDA wheels carry their own CUDA runtime: a GPU host needs only the NVIDIA driver and
 # the NVIDIA container toolkit (`docker run --gpus all …`). Settings are VIT_* variables.
 ARG PYTHON=3.11
+# Any image with Python ${PYTHON} and venv at /usr/bin or /usr/local/bin (CI builds one with debootstrap:
+# bench/container.py, as no registry is reachable there).
+ARG BASE=python:${PYTHON}-slim
 
-FROM python:${PYTHON}-slim AS build
+FROM ${BASE} AS build
 ARG TORCH_INDEX=https://download.pytorch.org/whl/cpu
 ARG TORCH_VERSION=2.13.0
 ENV PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1 PATH=/opt/venv/bin:$PATH
@@ -25,7 +28,7 @@ COPY model ./model
 COPY service ./service
 RUN pip install --no-deps .
 
-FROM python:${PYTHON}-slim
+FROM ${BASE}
 COPY --from=build /opt/venv /opt/venv
 # Compiled graphs (CUDA's default, int8) are kept in /var/cache/vit-serve: mount a volume there and
 # a new container finds what an earlier one compiled (docs/DEPLOY.md, Compiled start-up).
