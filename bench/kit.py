@@ -9,7 +9,9 @@ On a machine with a CUDA GPU it runs, each step in its own process with its own 
    with two front-ends: images/s, p50/p99, the engine's busy fraction and the cores decoding
    used, beside the model alone, eager, at batch 1–256 with MFU;
 3. the serving ceiling with the null model (`python -m bench.ceiling`): the serving layer's limit;
-4. the model alone, compiled (`python -m bench.model_only`), at batch 1, 64 and 256: last,
+4. JPEG decoding on the GPU (`VIT_GPU_DECODE`) against the CPU's decode processes, at 500×375 and
+   12 megapixels (`python -m bench.probes.gpu_decode`);
+5. the model alone, compiled (`python -m bench.model_only`), at batch 1, 64 and 256: last,
    because compiling is the step whose length is least known.
 
 Results go to --out as at most 8 files (kit.json, kit.log, and each step's JSON and PNG); kit.json
@@ -72,7 +74,8 @@ def steps(out: Path, dry_run: bool, peak: float | None) -> list[Step]:
     py = [sys.executable, "-m"]
     model = "vit_test_tiny" if dry_run else "vit_base_patch16_224"
     peak_args = ["--peak-tflops", str(peak)] if peak else []
-    tests = ["tests/model/test_cuda.py"] + ([] if dry_run else ["tests/service/engine"])
+    tests = ["tests/model/test_cuda.py", "tests/model/test_gpu_decode.py::test_nvjpeg_matches_the_cpu_path"]
+    tests += [] if dry_run else ["tests/service/engine"]
     e2e = [
         *py,
         "bench",
@@ -101,12 +104,15 @@ def steps(out: Path, dry_run: bool, peak: float | None) -> list[Step]:
     ceiling = [*py, "bench.ceiling", "--workers", "1,2", "--no-decode-only", "--no-floors"]
     ceiling += ["--out", str(out / "ceiling")]
     ceiling += ["--quick", "--concurrency", "1,4"] if dry_run else ["--duration", "3", "--concurrency", "1,16,64"]
+    decode = [*py, "bench.probes.gpu_decode", "--out", str(out / "decode.json")]
+    decode += ["--seconds", "0.3", "--rounds", "1", "--batch", "8"] if dry_run else ["--seconds", "2", "--rounds", "3"]
     compiled = [*py, "bench.model_only", "--model", model, "--variants", "bfloat16,bfloat16+compile", "--rounds", "1"]
     compiled += ["--batch", "1,2", "--seconds", "0.2"] if dry_run else ["--batch", "1,64,256", "--seconds", "1"]
     return [
         Step("cuda-tests", [*py, "pytest", "-q", "-p", "no:cacheprovider", *tests], 150),
         Step("end-to-end", e2e, 240),
         Step("ceiling", ceiling, 120),
+        Step("gpu-decode", decode, 120),
         Step("compiled", [*compiled, "--out", str(out / "model-only.json"), *peak_args], 200),
     ]
 
@@ -157,6 +163,13 @@ def summary_lines(out: Path) -> list[str]:
                 f"ceiling (null model), VIT_WORKERS={p['workers']} {p['target']} c={p['concurrency']}:"
                 f" {p['requests_per_s']:.0f} requests/s"
             )
+    decode = out / "decode.json"
+    if decode.exists():
+        for row in json.loads(decode.read_text())["rows"]:
+            if "images_per_s" in row:
+                lines.append(f"decode {row['size']}, {row['variant']}: {row['images_per_s']:.0f} images/s")
+            elif "levels" in row and row["levels"] is not None:
+                lines.append(f"decode {row['size']}, GPU against a full CPU decode: at most {row['levels']} levels")
     compiled = out / "model-only.json"
     if compiled.exists():
         for row in json.loads(compiled.read_text())["rows"]:

@@ -191,39 +191,47 @@ def shorter_side(size: int, cfg: PreprocessConfig) -> int:
     return size if cfg.resize_mode == "squash" else int(size / cfg.crop_pct)
 
 
-def resize(image: Image.Image, size: int, cfg: PreprocessConfig) -> Image.Image:
-    """`squash` (to S×S, or larger and then the centre S×S), or `crop`: the shorter side to
-    `shorter_side`, then the centre S×S.
-
-    Both follow the reference transforms (PIL's resize, then the crop) exactly, unless their
-    intermediate image would be larger than the source and `_MAX_INTERMEDIATE_PIXELS`: a
-    1×1,000,000 image would be scaled to some 248×248,000,000 before its crop. Then the crop
-    resamples only the source region under the S×S window (Pillow's `box`, with the same
-    scale: equal up to ±2 of Pillow's rounding), and a tall squash runs its vertical pass first.
-    """
-    resample = _RESAMPLE[cfg.interpolation]
-    width, height = image.size
+def crop_geometry(width: int, height: int, size: int, cfg: PreprocessConfig) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The size a width×height image is resized to, and the offset of the S×S window taken from
+    it: `squash` (to S×S, or to resize_size and its centre), or `crop` (the shorter side to
+    `shorter_side`, the longer floored, as torchvision and transformers compute it; the centre)."""
     scale_to = shorter_side(size, cfg)
-    if cfg.resize_mode == "squash" and scale_to == size:
-        if image.size == (size, size):
-            return image
-        if size * height > max(width * height, _MAX_INTERMEDIATE_PIXELS):  # tall and narrow: vertical first
-            image = image.resize((width, size), resample)
-        return image.resize((size, size), resample)
     if cfg.resize_mode == "squash":
         new_w = new_h = scale_to
-    elif width <= height:  # the longer side floored, as torchvision and transformers compute it
+    elif width <= height:
         new_w, new_h = scale_to, int(scale_to * height / width)
     else:
         new_w, new_h = int(scale_to * width / height), scale_to
     if cfg.crop_offset == "floor":
-        left, top = (new_w - size) // 2, (new_h - size) // 2
-    else:
-        left, top = round((new_w - size) / 2), round((new_h - size) / 2)
-    if new_w * new_h > max(width * height, _MAX_INTERMEDIATE_PIXELS):
-        return crop_box_resize(image, size, (new_w, new_h), (left, top), resample)
-    if (new_w, new_h) != image.size:
-        image = image.resize((new_w, new_h), resample)
+        return (new_w, new_h), ((new_w - size) // 2, (new_h - size) // 2)
+    return (new_w, new_h), (round((new_w - size) / 2), round((new_h - size) / 2))
+
+
+def needs_box(width: int, height: int, scaled: tuple[int, int]) -> bool:
+    """Whether an intermediate image `scaled` would be larger than the source and
+    `_MAX_INTERMEDIATE_PIXELS` (a 1×1,000,000 image cropped would first be 248×248,000,000)."""
+    return scaled[0] * scaled[1] > max(width * height, _MAX_INTERMEDIATE_PIXELS)
+
+
+def resize(image: Image.Image, size: int, cfg: PreprocessConfig) -> Image.Image:
+    """Resized and cropped by `crop_geometry`, as the reference transforms do (PIL's resize, then
+    the crop), exactly, unless the intermediate image `needs_box`: then the crop resamples only
+    the source region under the S×S window (Pillow's `box`, with the same scale: equal up to ±2 of
+    Pillow's rounding), and a tall squash runs its vertical pass first.
+    """
+    resample = _RESAMPLE[cfg.interpolation]
+    width, height = image.size
+    scaled, (left, top) = crop_geometry(width, height, size, cfg)
+    if scaled == (size, size):
+        if image.size == (size, size):
+            return image
+        if needs_box(width, height, (size, height)):  # Pillow's horizontal pass first would widen every row
+            image = image.resize((width, size), resample)
+        return image.resize((size, size), resample)
+    if needs_box(width, height, scaled):
+        return crop_box_resize(image, size, scaled, (left, top), resample)
+    if scaled != image.size:
+        image = image.resize(scaled, resample)
     return image.crop((left, top, left + size, top + size))
 
 
@@ -234,6 +242,11 @@ def crop_box_resize(
     sx, sy = image.width / scaled[0], image.height / scaled[1]  # source pixels per scaled pixel
     left, top = offset
     return image.resize((size, size), resample, box=(left * sx, top * sy, (left + size) * sx, (top + size) * sy))
+
+
+def is_plain_jpeg(image: Image.Image) -> bool:
+    """A JPEG whose decoder's RGB output is the image: RGB or greyscale, upright (no EXIF rotation)."""
+    return image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(_ORIENTATION, 1) == 1
 
 
 def decode_image(
@@ -248,7 +261,7 @@ def decode_image(
     image = open_image(data, max_pixels)
     needed = 2 * shorter_side(size, cfg) if draft and image.format == "JPEG" else 0
     try:
-        if image.format == "JPEG" and image.mode in ("RGB", "L") and image.getexif().get(_ORIENTATION, 1) == 1:
+        if is_plain_jpeg(image):
             width, height = _draft_size(image.size, needed)
             pixels = simplejpeg.decode_jpeg(data, colorspace="RGB", min_width=width, min_height=height)
             if pixels.shape[:2] == (size, size) and cfg.resize_mode == "squash" and shorter_side(size, cfg) == size:

@@ -2,7 +2,8 @@
 
 Routes (service/http/) read a request into images, parameters and a deadline, and write results
 as a response; everything between is here, once, knowing nothing of HTTP: decoding in the
-decode processes, queueing for the shared batches, and abandoning both when the client leaves.
+decode processes (or on the GPU: VIT_GPU_DECODE), queueing for the shared batches, and abandoning
+both when the client leaves.
 The engine is reached only through `EngineHandle.submit` (service/engine/handle.py).
 """
 
@@ -19,6 +20,7 @@ from model.config import Layer
 from model.preprocess import ImageTooLarge, UnsupportedImageFormat
 from service.decoding import DecodeFailed, DecodePool
 from service.engine import ItemResult, ModelCard
+from service.engine.device import Image
 from service.engine.handle import EngineHandle
 from service.errors import (
     ClientDisconnected,
@@ -75,23 +77,32 @@ async def compute(
 async def _decode_and_submit(
     serving: Serving, images: Sequence[bytes | np.ndarray], deadline: float, layer: Layer | None
 ) -> list[ItemResult]:
-    encoded = [image for image in images if isinstance(image, bytes)]
-    decoded = iter(await decode(serving.decode_pool, encoded) if encoded else [])
-    arrays = [next(decoded) if isinstance(image, bytes) else image for image in images]
+    encoded = {index: image for index, image in enumerate(images) if isinstance(image, bytes)}
+    decoded = await decode(serving, encoded) if encoded else {}
+    arrays = [decoded[index] if isinstance(image, bytes) else image for index, image in enumerate(images)]
     return await serving.engine.submit(arrays, deadline, layer)
 
 
-async def decode(pool: DecodePool, images: list[bytes]) -> list[np.ndarray]:
-    """A request's images as uint8 (S, S, 3) pixels, decoded in the decode processes. The first
-    bad one fails the request, naming its index: 400, or 413 past a limit, 415 for a format that
-    is not accepted."""
+async def decode(serving: Serving, encoded: dict[int, bytes]) -> dict[int, Image]:
+    """A request's images (by their index in it) as uint8 (S, S, 3) pixels: plain JPEGs on the GPU
+    where VIT_GPU_DECODE decodes them, everything else in the decode processes. The first bad one
+    fails the request, naming its index: 400, or 413 past a limit, 415 for a format that is not
+    accepted."""
+    indices = list(encoded)
+    decoded: dict[int, Image] = {}
     try:
-        arrays = await pool.decode_all(images)
+        if (decoder := serving.engine.device_decoder) is not None:
+            on_device = await decoder.decode(list(encoded.values()))
+            decoded = {index: pixels for index, pixels in zip(indices, on_device, strict=True) if pixels is not None}
+            indices = [index for index in indices if index not in decoded]
+        if indices:
+            pixels = await serving.decode_pool.decode_all([encoded[index] for index in indices])
+            decoded |= dict(zip(indices, pixels, strict=True))
     except DecodeFailed as failure:
         error: type[ServiceError] = InvalidImage
         if isinstance(failure.error, ImageTooLarge):
             error = PayloadTooLarge
         elif isinstance(failure.error, UnsupportedImageFormat):
             error = UnsupportedMediaType
-        raise error(str(failure)) from None
-    return arrays
+        raise error(f"image {indices[failure.index]}: {failure.error}") from None
+    return decoded

@@ -71,6 +71,11 @@ class Settings(BaseSettings):
     jpeg_draft: bool = Field(
         True, description="decode JPEGs ≥ 2× the needed size at 1/2…1/8 scale (DCT scaling); false: full decode"
     )
+    gpu_decode: bool = Field(
+        False,
+        description="decode plain JPEGs on the GPU (nvJPEG, via torchvision) where the model is on CUDA in this"
+        " process; everything else on the CPU",
+    )
     max_json_values: int = Field(
         262_144, ge=1024, description="values in one JSON body, counted before parsing: bounds its time and memory"
     )

@@ -26,16 +26,13 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from model.config import Layer
-from service.engine.device import BatchOutput
+from service.engine.device import BatchOutput, Image
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
 Staged = TypeVar("Staged")
-# An image as decoded, until `stage` stacks and normalises it: uint8 (S, S, 3) pixels, or float32
-# (3, S, S) values already normalised (/v2's pixel_values). Nothing between permutes or copies it.
-Image = np.ndarray
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,11 @@ from service.settings import BUILTIN_MODEL, Settings
 
 log = logging.getLogger(__name__)
 
+# An image as decoded, until `stage` stacks and normalises it: uint8 (S, S, 3) pixels (a tensor on
+# the model's device where it was decoded there: VIT_GPU_DECODE), or float32 (3, S, S) values
+# already normalised (/v2's pixel_values). Nothing between permutes or copies it.
+Image = np.ndarray | torch.Tensor
+
 
 def builtin_path(name: str = BUILTIN_MODEL) -> Path:
     return Path(str(resources.files("model").joinpath(f"builtin/{name}")))
@@ -206,7 +211,7 @@ class Engine:
         return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
     @torch.inference_mode()
-    def stage(self, images: Sequence[np.ndarray]) -> torch.Tensor:
+    def stage(self, images: Sequence[Image]) -> torch.Tensor:
         """Images as decoded -> a normalised (B, 3, S, S) batch on the device, as an inference tensor.
 
         The one place images are stacked and normalised: uint8 (S, S, 3) pixels are stacked as
@@ -217,20 +222,20 @@ class Engine:
         so a batch staged in one mode and padded in the other would recompile a bucket that
         warm-up compiled.
         """
-        if any(image.dtype != np.uint8 for image in images):
-            return torch.stack(  # each on the device first: staged pixels are there already
-                [
-                    self.stage([image])[0]
-                    if image.dtype == np.uint8
-                    else torch.from_numpy(image).to(self.device, self.dtype)
-                    for image in images
-                ]
-            )
+        if any(isinstance(image, torch.Tensor) or image.dtype != np.uint8 for image in images):
+            return torch.stack([self._stage_one(image) for image in images])  # each on the device first
         size = self.card.image_size
         batch = torch.empty((len(images), size, size, 3), dtype=torch.uint8, pin_memory=self.device.type == "cuda")
         np.stack(images, out=batch.numpy())
         batch = batch.to(self.device, non_blocking=True)
         return normalize(batch.permute(0, 3, 1, 2), self.preprocess.mean, self.preprocess.std, self.dtype)
+
+    def _stage_one(self, image: Image) -> torch.Tensor:
+        if isinstance(image, torch.Tensor):  # uint8 (S, S, 3), decoded on the device (VIT_GPU_DECODE)
+            return normalize(image.permute(2, 0, 1)[None], self.preprocess.mean, self.preprocess.std, self.dtype)[0]
+        if image.dtype == np.uint8:
+            return self.stage([image])[0]
+        return torch.from_numpy(image).to(self.device, self.dtype)
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor, hidden_layers: Sequence[Layer] = ()) -> BatchOutput:

@@ -21,6 +21,7 @@ from model.config import Layer
 from service.engine.batcher import Batcher, Image, ItemResult
 from service.engine.card import ModelCard
 from service.engine.device import Engine
+from service.engine.device_decode import DeviceDecoder
 from service.metrics import Metrics
 from service.settings import Resolved, Settings
 
@@ -50,6 +51,11 @@ class EngineHandle(Protocol):
         not hold the model (an engine process reports its own)."""
         ...
 
+    @property
+    def device_decoder(self) -> DeviceDecoder | None:
+        """Decodes plain JPEGs on the model's GPU (VIT_GPU_DECODE), where this process holds it."""
+        ...
+
 
 @dataclass
 class LocalEngine:
@@ -57,6 +63,7 @@ class LocalEngine:
 
     engine: Engine
     batcher: Batcher[torch.Tensor]
+    device_decoder: DeviceDecoder | None = None
 
     @classmethod
     async def start(cls, engine: Engine, settings: Settings, metrics: Metrics) -> LocalEngine:
@@ -80,7 +87,10 @@ class LocalEngine:
         return await self.batcher.submit(images, deadline, layer)
 
     async def drain(self, timeout_s: float) -> bool:
-        return await self.batcher.drain(timeout_s)
+        answered = await self.batcher.drain(timeout_s)
+        if self.device_decoder is not None:
+            self.device_decoder.close()
+        return answered
 
     def gpu_memory(self) -> dict[str, int]:
         return self.engine.gpu_memory()
@@ -116,6 +126,11 @@ def in_process(factory: Callable[[Settings], Engine] = Engine.from_settings) -> 
 
     async def connect(settings: Settings, metrics: Metrics) -> EngineHandle:
         engine = await asyncio.to_thread(factory, settings)
-        return await LocalEngine.start(engine, settings, metrics)
+        local = await LocalEngine.start(engine, settings, metrics)
+        if settings.gpu_decode:  # only here: an engine process receives pixels, decoded
+            local.device_decoder = DeviceDecoder.create(
+                engine.device, engine.card.image_size, engine.preprocess, settings.max_image_pixels
+            )
+        return local
 
     return EngineSource(connect, listen_once_ready=False)

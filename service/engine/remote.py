@@ -217,6 +217,11 @@ class EngineClient:
         """Nothing: the engine process sets the group's GPU memory gauges itself."""
         return {}
 
+    @property
+    def device_decoder(self) -> None:
+        """None: the GPU is the engine process's, and pixels reach it decoded."""
+        return None
+
     async def submit(self, images: Sequence[Image], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
         """As Batcher.submit: the images' results, computed by the engine process."""
         if not self.running:
@@ -309,6 +314,8 @@ def engine_process(path: str) -> EngineSource:
             resolved = settings.resolve(card.device_type)
             return EngineClient.arena_bytes(card, resolved.max_queue_size, settings.max_images_per_request)
 
+        if settings.gpu_decode:
+            log.warning("VIT_GPU_DECODE: decoding on the CPU, as the model is in an engine process (VIT_WORKERS > 1)")
         while True:
             try:
                 return await EngineClient.connect(path, arena_bytes)

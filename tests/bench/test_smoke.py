@@ -120,11 +120,12 @@ def test_the_gpu_kit_dry_run_runs_every_step_and_says_the_cuda_tests_skipped(tmp
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((tmp_path / "kit.json").read_text())
-    assert [s["name"] for s in report["steps"]] == ["cuda-tests", "end-to-end", "ceiling", "compiled"]
+    assert [s["name"] for s in report["steps"]] == ["cuda-tests", "end-to-end", "ceiling", "gpu-decode", "compiled"]
     assert all(s["status"] == "passed" for s in report["steps"])
     assert report["cuda_tests"].endswith("(skipped: no CUDA GPU on this machine)") and "skipped" in report["cuda_tests"]
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
-    assert len(files) <= 8 and {"e2e/results.json", "ceiling/ceiling.json", "model-only.json"} <= set(files)
+    assert len(files) <= 8
+    assert {"e2e/results.json", "ceiling/ceiling.json", "decode.json", "model-only.json"} <= set(files)
     e2e = json.loads((tmp_path / "e2e" / "results.json").read_text())
     assert {r["workers"] for r in e2e["end_to_end"]} == {"1", "1e", "2"}
     for row in e2e["end_to_end"]:
@@ -134,6 +135,9 @@ def test_the_gpu_kit_dry_run_runs_every_step_and_says_the_cuda_tests_skipped(tmp
     summary = run.stdout.splitlines()
     assert any(line.startswith("served, VIT_WORKERS=2 224 c=4:") for line in summary)
     assert any(line.startswith("model alone, bfloat16+compile batch 2:") for line in summary)
+    assert any(line.startswith("decode 4000x3000, cpu, one core:") for line in summary)
+    decode = json.loads((tmp_path / "decode.json").read_text())["rows"]
+    assert {r["skipped"] for r in decode if r["variant"].startswith("gpu, batch")} == {"no CUDA GPU on this machine"}
 
 
 def test_the_kit_knows_a_gpus_peak_by_its_name() -> None:

@@ -63,3 +63,8 @@ async def test_a_client_that_leaves_abandons_its_request(serving: Serving) -> No
 async def test_the_first_bad_image_fails_the_request_naming_it(serving: Serving) -> None:
     with pytest.raises(InvalidImage, match="image 1"):
         await compute(serving, "/test", [PNG, b"not an image"], time.monotonic() + 30, None, never())
+
+
+async def test_a_bad_image_is_named_by_its_index_in_the_request_among_pixels(serving: Serving) -> None:
+    with pytest.raises(InvalidImage, match=r"^image 2: "):
+        await compute(serving, "/test", [pixels(), PNG, b"not an image"], time.monotonic() + 30, None, never())

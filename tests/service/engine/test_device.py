@@ -45,6 +45,16 @@ def test_batches_are_staged_as_inference_tensors_as_forward_pads_them() -> None:
     assert engine.stage([pixels(), normalised()]).is_inference()  # a /v2 tensor beside pixels
 
 
+def test_pixels_decoded_on_the_device_are_staged_as_the_same_pixels_from_the_cpu() -> None:
+    """VIT_GPU_DECODE hands the batcher uint8 (S, S, 3) tensors; here on the CPU, as on the GPU."""
+    engine = Engine.from_settings(tiny_settings())
+    images = [pixels(i) for i in range(3)]
+    mixed = [torch.from_numpy(images[0]), images[1], torch.from_numpy(images[2])]
+    staged = engine.stage(mixed)
+    assert staged.is_inference()
+    torch.testing.assert_close(staged, engine.stage(images), atol=0, rtol=0)
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name", ["SiglipVisionModel", "Dinov2WithRegistersModel", "DeiTForImageClassificationWithTeacher"]
