@@ -3,7 +3,7 @@
 Optional (`VIT_GPU_DECODE`, docs/DESIGN.md, Decoding on the GPU): where torchvision with CUDA is
 installed, a request's ordinary JPEGs are decoded in one batched call on the model's device and
 resized there, instead of in the decode processes. Only images that the CPU path would also decode
-straight from libjpeg qualify (`takes`): baseline JPEGs, RGB or greyscale, upright, within the pixel
+straight from libjpeg qualify (`plain_jpeg_size`): baseline JPEGs, RGB or greyscale, upright, within the pixel
 limit, whose resize needs no oversized intermediate nor padding; everything else stays on the CPU path, with
 its limits. Pixels differ from the CPU path's by the decoders' IDCT rounding and by the resampling
 arithmetic (float on the device, Pillow's fixed point): a few levels of 255 (tests/model/test_gpu_decode.py).
@@ -30,23 +30,25 @@ def unavailable(device: torch.device) -> str | None:
     return None
 
 
-def takes(data: bytes, size: int, cfg: PreprocessConfig, max_pixels: int) -> bool:
-    """Whether `data` is a JPEG this module decodes: read from its headers only. Anything that is
-    not, or whose headers are refused, is left to the CPU path, which says why."""
+def plain_jpeg_size(data: bytes, size: int, cfg: PreprocessConfig, max_pixels: int) -> tuple[int, int] | None:
+    """The (width, height) of a JPEG this module decodes, read from its headers only; None for
+    anything else, or whose headers are refused: the CPU path takes those, and says why."""
     if not data.startswith(b"\xff\xd8\xff"):
-        return False
+        return None
     try:
         image = open_image(data, max_pixels)
     except ValueError:
-        return False
+        return None
     scaled, _ = crop_geometry(image.width, image.height, size, cfg)
     progressive = image.info.get("progressive") or image.info.get("progression")
     fits = min(scaled) >= size  # else the CPU path pads the window (a resize_size below S)
-    return is_plain_jpeg(image) and not progressive and fits and not needs_box(image.width, image.height, scaled)
+    if is_plain_jpeg(image) and not progressive and fits and not needs_box(image.width, image.height, scaled):
+        return image.size
+    return None
 
 
 def decode_jpegs(images: Sequence[bytes], size: int, cfg: PreprocessConfig, device: torch.device) -> list[torch.Tensor]:
-    """`images` (each one `takes`) as uint8 (S, S, 3) tensors on `device`, decoded in one call;
+    """`images` (each with a `plain_jpeg_size`) as uint8 (S, S, 3) tensors on `device`, decoded in one call;
     raises if any of them cannot be decoded (nvJPEG returns no partial results)."""
     from torchvision.io import ImageReadMode, decode_jpeg
 

@@ -3,16 +3,19 @@ processes (docs/DESIGN.md, Decoding on the GPU; model/gpu_decode.py does the dec
 
 It exists only where the model is in this process on CUDA and torchvision imports; otherwise the
 service logs why and decodes on the CPU. Each request's JPEGs are read from their headers first
-(`takes`: the rest go to the decode processes) and then decoded in one nvJPEG call, on a thread of
-its own so that the event loop never waits for the GPU. nvJPEG's time is bounded by the pixel
-limit the headers were checked against (no progressive scans, no Python decoder reaches it); a JPEG
-it cannot decode fails its own request with a 400 that names the image, never the batch.
+(`gpu_decode.plain_jpeg_size`: the rest go to the decode processes) and then decoded in batched
+nvJPEG calls, on a thread of its own so that the event loop never waits for the GPU. nvJPEG's time
+is bounded by the pixel limit the headers were checked against (no progressive scans, no Python
+decoder reaches it), and its memory by decoding at most `CALL_PIXELS` in one call; a JPEG it
+cannot decode fails its own request with a 400 that names the image, and one that finds the GPU
+out of memory goes to the CPU.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 
@@ -23,6 +26,26 @@ from model.preprocess import ImageError, PreprocessConfig
 from service.decoding import DecodeFailed
 
 log = logging.getLogger(__name__)
+
+# Pixels decoded in one nvJPEG call (one image over it, alone): bounds the GPU memory a request's
+# decode holds, 3 bytes a pixel and nvJPEG's buffers; requests decode one at a time.
+CALL_PIXELS = 48_000_000
+
+
+def calls_within(pixels: Sequence[int], budget: int) -> list[list[int]]:
+    """The indices of the images to decode (pixels > 0), in order, grouped into calls of at most
+    `budget` pixels each (an image larger than that, alone)."""
+    calls: list[list[int]] = []
+    total = budget
+    for i, count in enumerate(pixels):
+        if count == 0:
+            continue
+        if total + count > budget:
+            calls.append([])
+            total = 0
+        calls[-1].append(i)
+        total += count
+    return calls
 
 
 class DeviceDecoder:
@@ -47,24 +70,26 @@ class DeviceDecoder:
         return await loop.run_in_executor(self._thread, self._decode, images)
 
     def _decode(self, images: Sequence[bytes]) -> list[torch.Tensor | None]:
-        size, cfg = self.image_size, self.preprocess
-        taken = [i for i, data in enumerate(images) if gpu_decode.takes(data, size, cfg, self.max_pixels)]
+        sizes = [gpu_decode.plain_jpeg_size(data, self.image_size, self.preprocess, self.max_pixels) for data in images]
         out: list[torch.Tensor | None] = [None] * len(images)
-        if not taken:
-            return out
-        try:
-            decoded = gpu_decode.decode_jpegs([images[i] for i in taken], size, cfg, self.device)
-        except RuntimeError:  # one of them is corrupt: nvJPEG gives no partial results, so find it
-            decoded = [self._one(i, images[i]) for i in taken]
-        for i, pixels in zip(taken, decoded, strict=True):
-            out[i] = pixels
+        for call in calls_within([math.prod(size) if size else 0 for size in sizes], CALL_PIXELS):
+            for i, decoded in zip(call, self._call(call, images), strict=True):
+                out[i] = decoded
         return out
 
-    def _one(self, index: int, data: bytes) -> torch.Tensor:
+    def _call(self, indices: list[int], images: Sequence[bytes]) -> list[torch.Tensor | None]:
+        """One nvJPEG call; on a failure, each image alone, to name the one that fails. Out of GPU
+        memory, the images go to the CPU path (None) instead: the request is not at fault."""
         try:
-            return gpu_decode.decode_jpegs([data], self.image_size, self.preprocess, self.device)[0]
-        except RuntimeError as exc:
-            raise DecodeFailed(index, ImageError(f"image data is corrupt or truncated ({exc})")) from None
+            return list(
+                gpu_decode.decode_jpegs([images[i] for i in indices], self.image_size, self.preprocess, self.device)
+            )
+        except torch.OutOfMemoryError:
+            return [None] * len(indices)
+        except RuntimeError:  # one of them is corrupt: nvJPEG gives no partial results
+            if len(indices) == 1:
+                raise DecodeFailed(indices[0], ImageError("JPEG data that the GPU's decoder cannot decode")) from None
+            return [decoded for i in indices for decoded in self._call([i], images)]
 
     def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)

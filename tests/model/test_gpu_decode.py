@@ -8,6 +8,7 @@ only where CUDA and torchvision are present.
 from __future__ import annotations
 
 import dataclasses
+import io
 
 import numpy as np
 import pytest
@@ -58,7 +59,7 @@ def test_the_resize_on_the_device_matches_the_cpu_path(config: str, size: int) -
     cfg = CONFIGS[config]
     for name in PHOTOS:
         image = jpeg(name)
-        assert gpu_decode.takes(image, size, cfg, 40_000_000)
+        assert gpu_decode.plain_jpeg_size(image, size, cfg, 40_000_000) == Image.open(io.BytesIO(image)).size
         cpu = decode_image(image, size, cfg, draft=False).astype(int)
         device = on_device(image, size, cfg)
         assert device.shape == (size, size, 3) and device.dtype == np.uint8
@@ -84,7 +85,7 @@ def test_embeddings_of_device_resized_pixels_match_the_cpu_paths(config: str) ->
     assert torch.nn.functional.cosine_similarity(cpu, device).min() >= 0.999
 
 
-def test_takes_ordinary_jpegs_and_leaves_everything_else_to_the_cpu_path() -> None:
+def test_ordinary_jpegs_are_taken_and_everything_else_left_to_the_cpu_path() -> None:
     cfg, limit = PreprocessConfig(resize_mode="crop", crop_pct=0.875), 40_000_000
     rotated = photo().getexif()
     rotated[0x0112] = 6
@@ -102,12 +103,12 @@ def test_takes_ordinary_jpegs_and_leaves_everything_else_to_the_cpu_path() -> No
     }
     for case, (image, expected) in cases.items():
         max_pixels = 1000 if case == "over the pixel limit" else limit
-        assert gpu_decode.takes(image, 224, cfg, max_pixels) is expected, case
+        assert (gpu_decode.plain_jpeg_size(image, 224, cfg, max_pixels) is not None) is expected, case
 
 
 def test_a_window_the_cpu_path_would_pad_is_left_to_it() -> None:
     small = PreprocessConfig(resize_mode="crop", resize_size=200)  # the shorter side to 200 < S
-    assert not gpu_decode.takes(encode(photo(), "JPEG"), 224, small, 40_000_000)
+    assert gpu_decode.plain_jpeg_size(encode(photo(), "JPEG"), 224, small, 40_000_000) is None
 
 
 def test_jpegs_cannot_be_decoded_on_a_cpu_model() -> None:

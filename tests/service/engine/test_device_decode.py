@@ -17,7 +17,7 @@ from model import gpu_decode
 from model.preprocess import PreprocessConfig
 from service import lifecycle
 from service.decoding import DecodeFailed
-from service.engine.device_decode import DeviceDecoder
+from service.engine.device_decode import DeviceDecoder, calls_within
 from service.engine.handle import LocalEngine, in_process
 from service.lifecycle import ServiceState
 from service.pipeline import Serving, compute
@@ -57,6 +57,12 @@ async def test_a_server_asked_to_decode_on_the_gpu_of_a_cpu_model_decodes_on_the
         assert isinstance(serving.engine, LocalEngine) and serving.engine.device_decoder is None
         [result] = await compute(serving, "/test", [JPEG], time.monotonic() + 30, None, never())
         assert result.probs is not None
+
+
+def test_a_requests_jpegs_are_decoded_in_calls_of_bounded_pixels() -> None:
+    assert calls_within([10, 0, 20, 30, 0, 5], budget=40) == [[0, 2], [3, 5]]
+    assert calls_within([50, 10, 60], budget=40) == [[0], [1], [2]]  # one over the budget, alone
+    assert calls_within([0, 0], budget=40) == []
 
 
 @needs_gpu
