@@ -1,12 +1,14 @@
 """Open Inference Protocol v2 (KServe, Triton, Seldon): health, metadata, and inference through
-the same batcher as /v1, so those clients work unchanged.
+the same batcher as /v1, so those clients work unchanged; every path also with /versions/1.
 
-One input tensor per request, named by its datatype: `image` (BYTES: encoded image files, as
-base64 strings or data URLs in JSON, raw in binary), `pixels` (UINT8 [B, 3, S, S]: already resized pixels, normalised
-here) or `pixel_values` (FP32 [B, 3, S, S]: already normalised). Outputs `probabilities`
-(FP32 [B, classes], when the model has a head) and `embedding` (FP32 [B, D], y = LN(z_L⁰)).
-Errors are the protocol's `{"error": message}` (see service/http/error_handlers.py). Triton's binary tensor
-data extension is supported both ways, as `tritonclient` uses it by default.
+One input tensor per request. Metadata lists the one a generic client sends, `image` (BYTES:
+encoded image files, as base64 strings or data URLs in JSON, raw in binary), and under its
+`parameters.alternatives` the two that may replace it: `pixels` (UINT8 [B, 3, S, S]: already
+resized pixels, normalised here) and `pixel_values` (FP32 [B, 3, S, S]: already normalised).
+Outputs `probabilities` (FP32 [B, classes], when the model has a head) and `embedding` (FP32
+[B, D], y = LN(z_L⁰)). Errors are the protocol's `{"error": message}` (service/http/
+error_handlers.py). Triton's binary tensor data extension is supported both ways, as
+`tritonclient` uses it by default. docs/API.md says what the specification leaves open.
 """
 
 from __future__ import annotations
@@ -22,13 +24,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from service import __version__, schemas
 from service.engine import ModelCard
-from service.errors import InvalidParameter, InvalidRequest, UnsupportedMediaType, first_error
+from service.errors import InvalidParameter, InvalidRequest, NotFound, UnsupportedMediaType, first_error
 from service.http.access import SECURED, admit, require_model, state_of
 from service.http.inputs import check_image_count, client_gone, decode_base64, load_json, parse_off_loop, read_body
 from service.http.params import deadline_of, openapi_parameters, parse_count
 from service.pipeline import Serving, compute
 
-INPUTS = {"BYTES": "image", "UINT8": "pixels", "FP32": "pixel_values"}
+INPUTS = {"BYTES": "image", "UINT8": "pixels", "FP32": "pixel_values"}  # the first is the one metadata lists
+VERSION = "1"  # one model, one version: every path is served with and without /versions/1
 
 router = APIRouter(
     prefix="/v2",
@@ -64,6 +67,7 @@ class InferRequest(BaseModel):
 
 
 @router.get("")
+@router.get("/", include_in_schema=False)  # the specification's own spelling of the path
 async def server_metadata() -> dict[str, Any]:
     return {"name": "vit-serve", "version": __version__, "extensions": ["binary_tensor_data"]}
 
@@ -83,28 +87,52 @@ async def ready(request: Request) -> JSONResponse:
 
 @router.get("/models/{name}/ready")
 async def model_ready(name: str, request: Request) -> JSONResponse:
-    card = state_of(request).card
-    if card is not None:
-        require_model(card, name)
-    return await ready(request)
+    """As /v2/health/ready, for the served model, with its name."""
+    state = state_of(request)
+    if state.card is not None:
+        require_model(state.card, name)
+    is_ready = state.readiness == "ready"
+    return JSONResponse({"name": name, "ready": is_ready}, status_code=200 if is_ready else 503)
+
+
+@router.get("/models/{name}/versions/{version}/ready")
+async def model_version_ready(name: str, version: str, request: Request) -> JSONResponse:
+    require_version(name, version)
+    return await model_ready(name, request)
 
 
 @router.get("/models/{name}", openapi_extra=SECURED)
 async def model_metadata(name: str, request: Request) -> dict[str, Any]:
+    """What a client must send (`inputs`: one image tensor; its alternatives in its `parameters`)
+    and what comes back."""
     async with admit(request) as serving:
         card = serving.card
     require_model(card, name)
     size = card.image_size
+    tensors = [
+        {"name": input_name, "datatype": datatype, "shape": [-1] if datatype == "BYTES" else [-1, 3, size, size]}
+        for datatype, input_name in INPUTS.items()
+    ]
+    image, *alternatives = tensors
     return {
         "name": card.model_id,
-        "versions": ["1"],
+        "versions": [VERSION],
         "platform": "pytorch",
-        "inputs": [
-            {"name": input_name, "datatype": datatype, "shape": [-1] if datatype == "BYTES" else [-1, 3, size, size]}
-            for datatype, input_name in INPUTS.items()
-        ],
+        "inputs": [image | {"parameters": {"alternatives": alternatives}}],
         "outputs": _outputs(card),
     }
+
+
+@router.get("/models/{name}/versions/{version}", openapi_extra=SECURED)
+async def model_version_metadata(name: str, version: str, request: Request) -> dict[str, Any]:
+    require_version(name, version)
+    return await model_metadata(name, request)
+
+
+def require_version(name: str, version: str) -> None:
+    """404 for a version other than the one served (the model's name is checked as unversioned)."""
+    if version != VERSION:
+        raise NotFound(f"model {name[:100]!r} has no version {version[:100]!r}; its versions: [{VERSION!r}]")
 
 
 def _outputs(card: ModelCard) -> list[dict[str, Any]]:
@@ -122,6 +150,14 @@ async def infer(name: str, request: Request) -> Response:
     """Probabilities and embeddings of a batch of images, computed in the shared batches."""
     async with admit(request) as serving:
         return await _infer(name, request, serving)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer", openapi_extra={"parameters": openapi_parameters(None), **SECURED}
+)
+async def infer_version(name: str, version: str, request: Request) -> Response:
+    require_version(name, version)
+    return await infer(name, request)
 
 
 async def _infer(name: str, request: Request, serving: Serving) -> Response:
@@ -155,7 +191,7 @@ async def _infer(name: str, request: Request, serving: Serving) -> Response:
         else:
             entry["data"] = stacked.ravel().tolist()
         outputs.append(entry)
-    response: dict[str, Any] = {"model_name": card.model_id, "model_version": "1", "outputs": outputs}
+    response: dict[str, Any] = {"model_name": card.model_id, "model_version": VERSION, "outputs": outputs}
     if body.id is not None:
         response["id"] = body.id
     if not chunks:

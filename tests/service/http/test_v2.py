@@ -1,5 +1,6 @@
-"""Open Inference Protocol v2: the protocol's documented JSON shapes, the three input tensors
-giving the same answers as /v1, and errors as `{"error": message}`."""
+"""Open Inference Protocol v2: the protocol's documented JSON shapes, the versioned paths, the
+three input tensors giving the same answers as /v1, and errors as `{"error": message}`. The
+specification's schemas: tests/service/scenarios/test_oip_conformance.py."""
 
 from __future__ import annotations
 
@@ -42,17 +43,39 @@ async def test_server_and_model_metadata_and_health(client: httpx.AsyncClient) -
     assert (await client.get("/v2/models/vit_test_tiny/ready")).status_code == 200
     meta = (await client.get("/v2/models/vit_test_tiny")).json()
     assert meta["name"] == "vit_test_tiny" and meta["platform"] == "pytorch"
-    assert {(t["name"], t["datatype"]) for t in meta["inputs"]} == {
-        ("image", "BYTES"),
-        ("pixels", "UINT8"),
-        ("pixel_values", "FP32"),
+    [image] = meta["inputs"]  # what a client must send: one image tensor, or one of its alternatives
+    assert image == {
+        "name": "image",
+        "datatype": "BYTES",
+        "shape": [-1],
+        "parameters": {
+            "alternatives": [
+                {"name": "pixels", "datatype": "UINT8", "shape": [-1, 3, 32, 32]},
+                {"name": "pixel_values", "datatype": "FP32", "shape": [-1, 3, 32, 32]},
+            ]
+        },
     }
     assert meta["outputs"] == [
         {"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]},
         {"name": "embedding", "datatype": "FP32", "shape": [-1, 48]},
     ]
-    for tensor in meta["inputs"] + meta["outputs"]:
-        assert set(tensor) == {"name", "datatype", "shape"}
+    assert (await client.get("/v2/models/vit_test_tiny/ready")).json() == {"name": "vit_test_tiny", "ready": True}
+
+
+@pytest.mark.parametrize("path", ["", "/ready"])
+async def test_the_served_version_answers_as_the_unversioned_path_and_another_404s(
+    client: httpx.AsyncClient, path: str
+) -> None:
+    unversioned = await client.get(f"/v2/models/vit_test_tiny{path}")
+    versioned = await client.get(f"/v2/models/vit_test_tiny/versions/1{path}")
+    assert versioned.status_code == unversioned.status_code == 200 and versioned.json() == unversioned.json()
+    assert v2_error(await client.get(f"/v2/models/vit_test_tiny/versions/2{path}")) == 404
+    assert v2_error(await client.get(f"/v2/models/other/versions/1{path}")) == 404
+    request = {"inputs": [{"name": "image", "shape": [1], "datatype": "BYTES", "data": [B64[0]]}]}
+    answer = await client.post("/v2/models/vit_test_tiny/versions/1/infer", json=request)
+    assert answer.status_code == 200 and answer.json() == (await client.post(INFER, json=request)).json()
+    assert answer.json()["model_version"] == "1"
+    assert v2_error(await client.post("/v2/models/vit_test_tiny/versions/7/infer", json=request)) == 404
 
 
 async def test_bytes_input_gives_the_v1_answers(client: httpx.AsyncClient) -> None:
