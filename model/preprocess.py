@@ -34,6 +34,10 @@ ALLOWED_FORMATS = frozenset({"JPEG", "PNG", "WEBP", "GIF", "BMP", "TIFF"})
 # A progressive JPEG is decoded once per scan over the whole image: libjpeg's own progressions
 # use at most ~10 scans, so more than this is a time bomb (thousands of scans in a few KB).
 MAX_JPEG_SCANS = 64
+# Pillow decodes a few formats in Python (`Image.DECODERS`; of the allowed ones, RLE-compressed
+# BMP), at some 100 ns a pixel whatever the file's size: a 2 KB file can claim seconds of it. Images
+# such a decoder would decode are limited to this many pixels (docs/RELIABILITY.md).
+MAX_PYTHON_DECODER_PIXELS = 1_000_000
 # Resizing a very tall image straight to S×S would first widen every one of its rows to S; above
 # this many intermediate pixels, the vertical pass runs first instead (see `resize`).
 _MAX_INTERMEDIATE_PIXELS = 1 << 22
@@ -126,6 +130,11 @@ def open_image(data: bytes, max_pixels: int) -> Image.Image:
             raise ImageTooLarge(f"a TIFF tile of {tile} pixels is over the limit ({max_pixels})")
     elif image.format == "JPEG" and data.count(b"\xff\xda") > MAX_JPEG_SCANS:  # SOS markers: an upper bound
         raise ImageError(f"a JPEG with more than {MAX_JPEG_SCANS} scans is refused")
+    if image.tile and image.tile[0][0] in Image.DECODERS and width * height > MAX_PYTHON_DECODER_PIXELS:
+        raise ImageTooLarge(
+            f"a {image.format} of {width}×{height} pixels is refused: its decoder ({image.tile[0][0]}) runs in"
+            f" Python, and is allowed at most {MAX_PYTHON_DECODER_PIXELS} pixels"
+        )
     return image
 
 

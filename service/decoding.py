@@ -12,8 +12,12 @@ Bytes go to a process through a pipe (framed by `multiprocessing.connection`); i
 back through a buffer the two share (a memfd, mapped by both), and a one-byte answer on a second
 pipe says they are there. The event loop reads answers as they arrive (`add_reader`, on a
 non-blocking pipe), so no thread is spent waiting, and the pixels cross with a single copy.
-Waiting decodes are served in arrival order, and one request holds at most all but one process,
-so a request full of time bombs leaves a process for everyone else.
+Decodes are admitted by their cost, read from the headers first (service/decode_cost.py): cheap
+images go first and have a process of their own that expensive ones never take, so they never
+wait behind them; within each kind, clients take turns (round robin by address), so one client's
+burst does not queue anyone else's behind it; every decode is killed at a multiple of its expected
+time; and one request holds at most all but one process, so a request full of time bombs leaves a
+process for everyone else. docs/RELIABILITY.md, "Decoding is admitted by its cost".
 """
 
 from __future__ import annotations
@@ -30,12 +34,14 @@ import resource
 import subprocess  # nosec B404
 import sys
 import time
+from collections import deque
 from collections.abc import Callable, Sequence
 from multiprocessing.connection import Connection
 
 import numpy as np
 
 from model.preprocess import ImageError, ImageTooLarge, PreprocessConfig, UnsupportedImageFormat, decode_image
+from service import decode_cost
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,8 @@ _REFUSALS: tuple[tuple[bytes, type[ImageError]], ...] = (
 # sent an image only when idle with its pipe empty; a larger one would block until the worker has
 # read most of it, so it is written from a thread instead of the event loop.
 _PIPE_BYTES = 1 << 20
+# Clients whose last turn is remembered when none of their decodes waits (see _Turns).
+_REMEMBERED_CLIENTS = 4096
 
 
 class DecodeFailed(Exception):
@@ -81,7 +89,9 @@ class DecodePool:
         decode took, from dispatch to pixels; `restarted` is called for each process killed (past
         its timeout) or dead, and replaced."""
         self.processes, self.timeout_s, self._observe, self._restarted = processes, timeout_s, observe, restarted
+        self.max_pixels = max_pixels
         self.per_request = max(1, processes - 1)
+        self.expensive_slots = max(1, processes - 1)  # with two or more, one process is kept for cheap images
         self.shape = (image_size, image_size, 3)
         self._config = json.dumps(
             {
@@ -92,7 +102,9 @@ class DecodePool:
                 "draft": draft,
             }
         )
-        self._idle: asyncio.Queue[_Worker] = asyncio.Queue()
+        self._idle: list[_Worker] = []
+        self._waiting = {False: _Turns(), True: _Turns()}  # cheap and expensive decodes
+        self._expensive_running = 0
         self._workers: set[_Worker] = set()
         self._closed = False
 
@@ -101,7 +113,7 @@ class DecodePool:
         for _ in range(self.processes):
             self._spawn()
         async with asyncio.timeout(timeout_s):
-            while self._idle.qsize() < self.processes:
+            while len(self._idle) < self.processes:
                 await asyncio.sleep(0.01)
                 if any(w.process.poll() is not None for w in self._workers):
                     raise RuntimeError("a decode process exited at start-up")
@@ -112,12 +124,13 @@ class DecodePool:
         for worker in list(self._workers):
             worker.kill(ImageError("the service is shutting down"))
 
-    async def decode_all(self, images: Sequence[bytes]) -> list[np.ndarray]:
+    async def decode_all(self, images: Sequence[bytes], client: str = "") -> list[np.ndarray]:
         """Decode a request's images, at most `per_request` at a time; the first failure (as
-        DecodeFailed) abandons the rest: images not yet started are never decoded."""
+        DecodeFailed) abandons the rest: images not yet started are never decoded. `client` (its
+        address) takes turns with other clients for expensive decodes."""
         if len(images) == 1:  # the usual request: no tasks to run side by side
             try:
-                return [await self.decode(images[0])]
+                return [await self.decode(images[0], client)]
             except ImageError as exc:
                 raise DecodeFailed(0, exc) from None
         slots = asyncio.Semaphore(self.per_request)
@@ -125,7 +138,7 @@ class DecodePool:
         async def one(index: int, data: bytes) -> np.ndarray:
             async with slots:
                 try:
-                    return await self.decode(data)
+                    return await self.decode(data, client)
                 except ImageError as exc:
                     raise DecodeFailed(index, exc) from None
 
@@ -141,30 +154,99 @@ class DecodePool:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
 
-    async def decode(self, data: bytes) -> np.ndarray:
+    async def decode(self, data: bytes, client: str = "") -> np.ndarray:
         """One image; ImageError (or a subclass) if it is bad, too large or too slow to decode.
         Cancelling this leaves a started decode to finish (or time out) on its own."""
-        worker = await self._idle.get()
-        while not worker.alive:  # died while idle (killed from outside): already replaced
-            worker = await self._idle.get()
+        expected = decode_cost.expected_seconds(data, self.max_pixels)
+        worker = await self._acquire(expected > decode_cost.CHEAP_S, client)
         start = time.perf_counter()
-        job = await worker.run(data, self.timeout_s)
+        job = await worker.run(data, decode_cost.deadline_s(expected, self.timeout_s))
         pixels = await asyncio.shield(job)
         self._observe(time.perf_counter() - start)
         return pixels
+
+    async def _acquire(self, expensive: bool, client: str) -> _Worker:
+        """An idle process, when this decode's turn comes (see `_next`)."""
+        turn: asyncio.Future[_Worker] = asyncio.get_running_loop().create_future()
+        self._waiting[expensive].add(client, turn)
+        self._dispatch()
+        try:
+            return await turn
+        except asyncio.CancelledError:
+            if turn.done() and not turn.cancelled():  # handed a process as it was cancelled: give it back
+                self._ready(turn.result())
+            raise
+
+    def _dispatch(self) -> None:
+        """Hand idle processes to the decodes whose turn it is."""
+        while self._idle and (found := self._next()) is not None:
+            turn, worker = found[0], self._idle.pop()
+            worker.expensive = found[1]
+            self._expensive_running += worker.expensive
+            turn.set_result(worker)
+
+    def _next(self) -> tuple[asyncio.Future[_Worker], bool] | None:
+        """The next decode to start, and whether it is expensive: a cheap one if any waits, else
+        an expensive one while fewer than `expensive_slots` run; of those, the next client's (_Turns)."""
+        if (turn := self._waiting[False].take()) is not None:
+            return turn, False
+        if self._expensive_running < self.expensive_slots and (turn := self._waiting[True].take()) is not None:
+            return turn, True
+        return None
 
     def _spawn(self) -> None:
         if not self._closed:
             self._workers.add(_Worker(self))
 
     def _ready(self, worker: _Worker) -> None:
-        self._idle.put_nowait(worker)
+        """`worker` is idle: started, done with an image, or handed back unused."""
+        self._release(worker)
+        self._idle.append(worker)
+        self._dispatch()
 
     def _gone(self, worker: _Worker) -> None:
+        self._release(worker)
         self._workers.discard(worker)
+        if worker in self._idle:  # killed from outside while idle
+            self._idle.remove(worker)
         if not self._closed:
             self._restarted()
             self._spawn()
+
+    def _release(self, worker: _Worker) -> None:
+        self._expensive_running -= worker.expensive
+        worker.expensive = False
+
+
+class _Turns:
+    """Decodes waiting for a process, by client. The next is the oldest of the client whose last
+    decode started longest ago (never: first), so a client that sends many at once takes turns
+    with those that send one, whoever came first."""
+
+    def __init__(self) -> None:
+        self.waiting: dict[str, deque[asyncio.Future[_Worker]]] = {}
+        self.last: dict[str, int] = {}  # the number of each client's last turn
+        self.turns = 0
+
+    def add(self, client: str, turn: asyncio.Future[_Worker]) -> None:
+        self.waiting.setdefault(client, deque()).append(turn)
+
+    def take(self) -> asyncio.Future[_Worker] | None:
+        """The next live turn; those of abandoned decodes are dropped on the way."""
+        while self.waiting:
+            client = min(self.waiting, key=lambda c: self.last.get(c, -1))
+            waiting = self.waiting[client]
+            turn = waiting.popleft()
+            if not waiting:
+                del self.waiting[client]
+            if turn.done():
+                continue
+            self.turns += 1
+            self.last[client] = self.turns
+            if len(self.last) > _REMEMBERED_CLIENTS:
+                self.last = {c: n for c, n in self.last.items() if c in self.waiting}
+            return turn
+        return None
 
 
 class _Worker:
@@ -196,6 +278,7 @@ class _Worker:
         self.results = result_read
         self.inbox = bytearray()  # what has arrived of the process's next answers
         self.alive = True
+        self.expensive = False  # running, or handed, an expensive decode
         self.job: asyncio.Future[np.ndarray] | None = None
         self.timer: asyncio.TimerHandle | None = None
         os.set_blocking(result_read, False)
@@ -207,7 +290,9 @@ class _Worker:
         job = self.job = self.loop.create_future()
         job.add_done_callback(lambda f: f.cancelled() or f.exception())  # retrieved even if abandoned
         self.timer = self.loop.call_later(
-            timeout_s, self.kill, ImageTooLarge(f"decoding took longer than the limit ({timeout_s:g} s)")
+            timeout_s,
+            self.kill,
+            ImageTooLarge(f"decoding took longer than the limit for this image ({timeout_s:.2g} s)"),
         )
         try:
             if len(data) + 4 > self.pipe_bytes:  # 4: the length before the bytes

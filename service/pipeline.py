@@ -55,11 +55,13 @@ async def compute(
     deadline: float,
     layer: Layer | None,
     client_gone: Coroutine[Any, Any, None],
+    client: str = "",
 ) -> list[ItemResult]:
     """Decode the images given as bytes, queue them all for the shared batches, and wait, until
     `deadline`. `client_gone` returns when the client leaves, which abandons the request: images
-    not yet decoded are never decoded, queued ones never computed."""
-    work = asyncio.ensure_future(_decode_and_submit(serving, images, deadline, layer))
+    not yet decoded are never decoded, queued ones never computed. `client` (its address) takes
+    turns with other clients for the decode processes."""
+    work = asyncio.ensure_future(_decode_and_submit(serving, images, deadline, layer, client))
     gone = asyncio.ensure_future(client_gone)
     try:
         await asyncio.wait({work, gone}, return_when=asyncio.FIRST_COMPLETED)
@@ -75,15 +77,15 @@ async def compute(
 
 
 async def _decode_and_submit(
-    serving: Serving, images: Sequence[bytes | np.ndarray], deadline: float, layer: Layer | None
+    serving: Serving, images: Sequence[bytes | np.ndarray], deadline: float, layer: Layer | None, client: str
 ) -> list[ItemResult]:
     encoded = {index: image for index, image in enumerate(images) if isinstance(image, bytes)}
-    decoded = await decode(serving, encoded) if encoded else {}
+    decoded = await decode(serving, encoded, client) if encoded else {}
     arrays = [decoded[index] if isinstance(image, bytes) else image for index, image in enumerate(images)]
     return await serving.engine.submit(arrays, deadline, layer)
 
 
-async def decode(serving: Serving, encoded: dict[int, bytes]) -> dict[int, Image]:
+async def decode(serving: Serving, encoded: dict[int, bytes], client: str = "") -> dict[int, Image]:
     """A request's images (by their index in it) as uint8 (S, S, 3) pixels: plain JPEGs on the GPU
     where VIT_GPU_DECODE decodes them, everything else in the decode processes. The first bad one
     fails the request, naming its index: 400, or 413 past a limit, 415 for a format that is not
@@ -96,7 +98,7 @@ async def decode(serving: Serving, encoded: dict[int, bytes]) -> dict[int, Image
             decoded = {index: pixels for index, pixels in zip(indices, on_device, strict=True) if pixels is not None}
             indices = [index for index in indices if index not in decoded]
         if indices:
-            pixels = await serving.decode_pool.decode_all([encoded[index] for index in indices])
+            pixels = await serving.decode_pool.decode_all([encoded[index] for index in indices], client)
             decoded |= dict(zip(indices, pixels, strict=True))
     except DecodeFailed as failure:
         error: type[ServiceError] = InvalidImage

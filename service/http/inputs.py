@@ -249,6 +249,11 @@ def decode_base64(text: str, index: int, key: str = "images") -> bytes:
         raise InvalidRequest(f"{key}[{index}] is not valid base64") from None
 
 
+def peer(request: Request) -> str:
+    """The client's address: decode processes are shared out by it (service/decoding.py)."""
+    return request.client.host if request.client else ""
+
+
 async def client_gone(request: Request) -> None:
     """Returns when the client disconnects (the body has been read, so only that can arrive)."""
     while (await request.receive())["type"] != "http.disconnect":

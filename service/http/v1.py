@@ -14,7 +14,7 @@ from pydantic import BaseModel
 from service import schemas
 from service.errors import InferenceFailed, InvalidParameter, InvalidRequest
 from service.http.access import ERRORS, SECURED, admit, require_model
-from service.http.inputs import client_gone, read_images
+from service.http.inputs import client_gone, peer, read_images
 from service.http.params import (
     ClassifyParams,
     EmbeddingParams,
@@ -70,7 +70,7 @@ async def classify(request: Request) -> JSONResponse:
         endpoint = "/v1/classify"
         images, params, deadline = await receive(request, serving, endpoint, ClassifyParams)
         k = params.top_k or min(5, len(labels))
-        results = await compute(serving, endpoint, images, deadline, None, client_gone(request))
+        results = await compute(serving, endpoint, images, deadline, None, client_gone(request), peer(request))
     out = []
     for result in results:
         if result.probs is None:  # labels exist only for a model with a head
@@ -103,7 +103,7 @@ async def embeddings(request: Request) -> JSONResponse:
         openai = isinstance(params, OpenAIEmbeddingParams)
         if openai:
             require_model(card, params.model)
-        results = await compute(serving, endpoint, images, deadline, None, client_gone(request))
+        results = await compute(serving, endpoint, images, deadline, None, client_gone(request), peer(request))
     vectors = []
     for result in results:
         y = result.embedding
@@ -130,7 +130,7 @@ async def features(request: Request) -> JSONResponse:
     async with admit(request) as serving:
         endpoint = "/v1/features"
         images, params, deadline = await receive(request, serving, endpoint, FeatureParams)
-        results = await compute(serving, endpoint, images, deadline, params.layer, client_gone(request))
+        results = await compute(serving, endpoint, images, deadline, params.layer, client_gone(request), peer(request))
     dtype_code = "<f2" if params.dtype == "float16" else "<f4"
     data = []
     for i, result in enumerate(results):

@@ -26,7 +26,15 @@ from service import __version__, schemas
 from service.engine import ModelCard
 from service.errors import InvalidParameter, InvalidRequest, NotFound, UnsupportedMediaType, first_error
 from service.http.access import SECURED, admit, require_model, state_of
-from service.http.inputs import check_image_count, client_gone, decode_base64, load_json, parse_off_loop, read_body
+from service.http.inputs import (
+    check_image_count,
+    client_gone,
+    decode_base64,
+    load_json,
+    parse_off_loop,
+    peer,
+    read_body,
+)
 from service.http.params import deadline_of, openapi_parameters, parse_count
 from service.pipeline import Serving, compute
 
@@ -179,7 +187,9 @@ async def _infer(name: str, request: Request, serving: Serving) -> Response:
         raise InvalidRequest("an output is requested more than once")
     all_binary = _flag(body.parameters, "binary_data_output")
     images = _images(serving, tensor, _input_bytes(tensor, binary))
-    results = await compute(serving, "/v2/models/{name}/infer", images, deadline, None, client_gone(request))
+    results = await compute(
+        serving, "/v2/models/{name}/infer", images, deadline, None, client_gone(request), peer(request)
+    )
     outputs, chunks = [], []
     for output in requested:
         rows = [r.probs if output.name == "probabilities" else r.embedding for r in results]

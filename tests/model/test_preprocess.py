@@ -10,7 +10,9 @@ import torch
 from PIL import Image
 
 from model.preprocess import (
+    ALLOWED_FORMATS,
     MAX_JPEG_SCANS,
+    MAX_PYTHON_DECODER_PIXELS,
     ImageError,
     ImageTooLarge,
     PreprocessConfig,
@@ -22,7 +24,7 @@ from model.preprocess import (
 )
 from model.tensors import load_image
 from tests.images import encode, gradient, photo, png_header_claiming
-from tests.service.bombs import progressive_jpeg_with_scans, tiff_with_tile
+from tests.service.bombs import progressive_jpeg_with_scans, rle8_bmp, tiff_with_tile
 
 SQUASH = PreprocessConfig()
 
@@ -103,6 +105,20 @@ def test_disallowed_format_is_refused() -> None:
 def test_bomb_is_refused_from_the_header() -> None:
     with pytest.raises(ImageTooLarge, match="limit"):
         load_image(png_header_claiming(20_000, 20_000), 8, SQUASH, max_pixels=40_000_000)
+
+
+def test_of_the_allowed_formats_only_rle_bmp_is_decoded_in_python() -> None:
+    """Pillow's Python decoders are registered in Image.DECODERS; a new one in a plugin of an
+    allowed format would get the Python decoders' pixel limit without being reviewed."""
+    Image.init()
+    plugins = {Image.OPEN[fmt][0].__module__ for fmt in ALLOWED_FORMATS}
+    assert {name for name, decoder in Image.DECODERS.items() if decoder.__module__ in plugins} == {"bmp_rle"}
+
+
+def test_an_image_decoded_in_python_is_limited_to_a_megapixel() -> None:
+    assert load_image(rle8_bmp(1000, 1000), 8, SQUASH).shape == (3, 8, 8)
+    with pytest.raises(ImageTooLarge, match=f"runs in Python, and is allowed at most {MAX_PYTHON_DECODER_PIXELS}"):
+        load_image(rle8_bmp(1001, 1000), 8, SQUASH)
 
 
 @pytest.mark.parametrize(

@@ -1,6 +1,7 @@
 """The decode processes (service/decoding.py): the same pixels as decoding in process, every decode
-bounded in time and memory by killing and replacing its process, and one request never holding
-every process."""
+bounded in time and memory by killing and replacing its process, one request never holding every
+process, cheap images never behind expensive ones, clients taking turns, and a decode far beyond
+its expected cost killed early."""
 
 from __future__ import annotations
 
@@ -21,7 +22,8 @@ from tests.service import bombs
 
 CFG = PreprocessConfig(resize_mode="crop", interpolation="bicubic")
 JPEG = encode(photo(), "JPEG", quality=90)
-BOMB = bombs.rle8_bmp(3000, 2000)  # seconds of Pillow's Python RLE decoder
+BOMB = bombs.tiff_with_strips(300_000)  # 2 MB, seconds of Pillow decoding strip after strip
+LARGE = encode(photo().resize((2000, 1500)), "PNG")  # an ordinary image, but an expensive one
 
 
 @pytest.fixture
@@ -90,5 +92,43 @@ async def test_a_cancelled_request_decodes_nothing_more() -> None:
         start = time.monotonic()
         await pool.decode(JPEG)  # waits only for the bomb already running (at most its timeout)
         assert time.monotonic() - start < 0.5 + 0.5
+    finally:
+        pool.close()
+
+
+async def test_cheap_images_never_wait_behind_expensive_ones(pool: DecodePool) -> None:
+    attack = [asyncio.ensure_future(pool.decode(BOMB, "attacker")) for _ in range(4)]  # four requests
+    await asyncio.sleep(0.05)
+    start = time.monotonic()
+    for client in ("attacker", "someone"):
+        assert (await pool.decode(JPEG, client)).shape == (64, 64, 3)
+    assert time.monotonic() - start < 0.25  # on the process kept for cheap images, behind no bomb
+    assert all(isinstance(r, ImageTooLarge) for r in await asyncio.gather(*attack, return_exceptions=True))
+
+
+async def test_expensive_decodes_take_turns_by_client() -> None:
+    pool = DecodePool(2, 64, CFG, 40_000_000, timeout_s=1.0, memory_bytes=128 << 20)
+    await pool.start()
+    try:
+        attack = [asyncio.ensure_future(pool.decode(BOMB, "attacker")) for _ in range(4)]  # 4 s in arrival order
+        await asyncio.sleep(0.05)
+        start = time.monotonic()
+        assert (await pool.decode(LARGE, "someone")).shape == (64, 64, 3)
+        assert time.monotonic() - start < 1.0 + 0.8  # after the bomb that was running, before the other three
+        assert not all(task.done() for task in attack)
+        await asyncio.gather(*attack, return_exceptions=True)
+    finally:
+        pool.close()
+
+
+async def test_a_decode_far_beyond_its_expected_cost_is_killed_early() -> None:
+    pool = DecodePool(2, 64, CFG, 40_000_000, timeout_s=30, memory_bytes=512 << 20)
+    await pool.start()
+    try:
+        flood = bombs.png_with_chunks(2_000_000)  # 1 pixel in 24 MB: seconds of Python, expected 0.24 s
+        start = time.monotonic()
+        with pytest.raises(ImageTooLarge, match="longer than the limit"):
+            await pool.decode(flood)
+        assert time.monotonic() - start < 0.24 * 10 + 1.0  # its deadline, ten times that, not the 30 s timeout
     finally:
         pool.close()

@@ -60,6 +60,16 @@ def pngs(n: int) -> list[tuple[str, tuple[str, bytes, str]]]:
     return [("image", (f"{i}.png", encode(gradient(30 + i, 20), "PNG"), "image/png")) for i in range(n)]
 
 
+def named_once_started(pid: int, expected: set[str], seconds: float = 10.0) -> set[str]:
+    """The group's process names, polled until they are `expected`: the service turns ready with
+    its first front-end, and each process names itself as it starts."""
+    for _ in range(int(seconds / 0.05)):
+        if (found := set(children(pid))) == expected:
+            return found
+        time.sleep(0.05)
+    return set(children(pid))
+
+
 def metric(text: str, series: str) -> float:
     match = re.search(rf"^{re.escape(series)} (\S+)$", text, re.MULTILINE)
     return float(match.group(1)) if match else 0.0
@@ -77,7 +87,7 @@ def test_every_process_layout_answers_exactly_as_one_process() -> None:
     for name, (layout, processes) in layouts.items():
         env = {**layout, "VIT_DTYPE": "float32", "VIT_LOG_LEVEL": "warning"}
         with server_process(**env) as server, httpx.Client(base_url=server.url, timeout=60) as client:
-            assert set(children(server.proc.pid)) == processes, name
+            assert named_once_started(server.proc.pid, processes) == processes, name
             answers[name] = [client.post(path, content=image).json() for path in paths for image in images]
             answers[name].append(client.get("/v1/models").json())
     assert answers["one front-end and an engine process"] == answers["one process"]
