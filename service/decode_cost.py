@@ -18,7 +18,7 @@ import struct
 
 # One core's nanoseconds per pixel, decoding and resizing (the largest measured on scikit-image's
 # photos and on flat images, rounded up; docs/RELIABILITY.md), and per byte of the file.
-NS_PER_PIXEL = {"JPEG": 10.0, "PNG": 35.0, "GIF": 15.0, "WEBP": 30.0, "BMP": 10.0, "TIFF": 30.0}
+NS_PER_PIXEL = {"JPEG": 10.0, "PNG": 35.0, "GIF": 15.0, "WEBP": 40.0, "BMP": 10.0, "TIFF": 30.0}
 NS_PER_PROGRESSIVE_SCAN_PIXEL = 1.5  # libjpeg runs over the whole image once per scan
 NS_PER_PYTHON_PIXEL = 150.0  # Pillow's RLE BMP decoder, in Python (model/preprocess.py bounds it)
 NS_PER_BYTE = 10.0

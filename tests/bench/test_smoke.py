@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -53,6 +54,8 @@ def test_thread_and_decode_probes_run() -> None:
     assert all(all(f"{v} " in line for v in ("serial", "threads", "processes", "service")) for line in lines[:2])
     assert lines[2].startswith("4000x3000 JPEG (0.8 MB), one at a time: full decode ") and "draft" in lines[2]
     assert lines[3].startswith("4000x3000+grain JPEG (2.") and "draft" in lines[3]  # a phone's weight
+    costs = _run("bench.probes.decode_cost", "--rounds", "1").splitlines()
+    assert len(costs) == 16 and all(re.search(r"measured +[\d.]+ ms +expected +[\d.]+ ms", line) for line in costs[1:])
 
 
 def test_the_ceiling_benchmark_runs(tmp_path) -> None:
