@@ -3,10 +3,11 @@ through the server.
 
 One ViT-S/16 (`--model`) with random weights, saved once so every server serves the same weights,
 is served with `VIT_DTYPE=float32`, `VIT_DTYPE=auto` and `VIT_QUANTIZE=int8` in turn (`--variants`),
-`--rounds` times, all with VIT_MAX_BATCH_SIZE=16; each is loaded with one 224×224 JPEG a request at
-concurrency 16 (bench.load's closed loop). Printed: images/s of each, each variant's speed-up over
-float32 per round and its median, the dtype chosen and why (from /v1/models), and the cosine
-between each server's embeddings of the benchmark's photos and float32's. The machine, its CPU
+`--rounds` times, all with VIT_MAX_BATCH_SIZE=16 (`--max-batch-size`); each is loaded with one
+224×224 JPEG a request at concurrency 16 (bench.load's closed loop). Printed: images/s of each,
+each variant's speed-up over float32 per round and its median, the dtype chosen and why (from
+/v1/models), and the cosine between each server's embeddings of the benchmark's photos and
+float32's. The machine, its CPU
 flags and the date go with the figures: auto's choice depends on the CPU. int8 compiles one graph
 per batch-size bucket at start-up, before it is ready: set VIT_COMPILE_CACHE_DIR in the
 environment to start from a cache (bench.probes.compiled_start).
@@ -38,7 +39,7 @@ from service.engine.precision import native_bf16
 
 
 @contextmanager
-def _serving(checkpoint: Path, model: str, variant: str) -> Iterator[str]:
+def _serving(checkpoint: Path, model: str, variant: str, max_batch_size: int) -> Iterator[str]:
     """vit-serve on 127.0.0.1 with these weights and this VIT_DTYPE (or int8), once ready; yields its URL."""
     with vit_serve(
         {
@@ -46,7 +47,7 @@ def _serving(checkpoint: Path, model: str, variant: str) -> Iterator[str]:
             "VIT_MODEL": model,
             "VIT_DTYPE": "float32" if variant == "int8" else variant,
             "VIT_QUANTIZE": "int8" if variant == "int8" else "none",
-            "VIT_MAX_BATCH_SIZE": "16",
+            "VIT_MAX_BATCH_SIZE": str(max_batch_size),
             "VIT_DEVICE": "cpu",
             "VIT_MAX_QUEUE_SIZE": "100000",
             "VIT_LOG_LEVEL": "warning",
@@ -69,6 +70,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--warmup", type=float, default=3.0)
     parser.add_argument("--model", default="vit_small_patch16_224", help="a preset (random weights)")
     parser.add_argument("--variants", default="float32,auto,int8", help="float32 first: the reference")
+    parser.add_argument("--max-batch-size", type=int, default=16, help="int8 compiles a graph per bucket up to it")
     args = parser.parse_args(argv)
     print(f"{datetime.date.today()}, CPU native bf16 flag: {native_bf16() or 'none'}, torch {torch.__version__}")
     photos = [jpeg("224", i) for i in range(3)] + [jpeg("500x375", i) for i in range(3)]
@@ -79,7 +81,7 @@ def main(argv: list[str] | None = None) -> None:
         embeddings: dict[str, np.ndarray] = {}
         for round_ in range(args.rounds):
             for variant in rates:
-                with _serving(Path(tmp), args.model, variant) as url:
+                with _serving(Path(tmp), args.model, variant, args.max_batch_size) as url:
                     model = httpx.get(f"{url}/v1/models").json()["data"][0]
                     embeddings.setdefault(variant, _embeddings(url, photos))
                     load = closed_loop(
