@@ -106,7 +106,8 @@ DEEP = b"[" * 100_000 + b"]" * 100_000
 INFER = "/v2/models/vit_test_tiny/infer"
 # (name, path, body, content type, extra headers, status, error type); each answered in bounded time.
 Body = bytes | Callable[[], bytes]  # the costly ones are built when their test runs
-ATTACKS: list[tuple[str, str, Body, str, dict[str, str | bytes], int, str | None]] = [
+Attack = tuple[str, str, Body, str, dict[str, str | bytes], int, str | None]
+ATTACKS: list[Attack] = [
     # 1. parser depth and encoding
     ("deep JSON, classify", "/v1/classify", DEEP, "application/json", {}, 400, "invalid_request"),
     (
@@ -393,7 +394,7 @@ ATTACKS: list[tuple[str, str, Body, str, dict[str, str | bytes], int, str | None
 @pytest.mark.slow
 @pytest.mark.parametrize("attack", ATTACKS, ids=[a[0] for a in ATTACKS])
 def test_attack_is_refused_in_bounded_time_and_memory_while_others_notice_nothing(
-    server: Watched, attack: tuple[str, str, Body, str, dict[str, str | bytes], int, str | None]
+    server: Watched, attack: Attack
 ) -> None:
     _, path, body, content_type, headers, status, error_type = attack
     content = body if isinstance(body, bytes) else body()
@@ -403,13 +404,13 @@ def test_attack_is_refused_in_bounded_time_and_memory_while_others_notice_nothin
 
 
 # The attacks on the decoders (sections 3 and 4 above).
-DECODE_ATTACKS = ATTACKS[ATTACKS.index(next(a for a in ATTACKS if a[0] == "progressive JPEG with 2,000 scans")) :]
+DECODE_ATTACKS = ATTACKS[[a[0] for a in ATTACKS].index("progressive JPEG with 2,000 scans") :]
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("attack", DECODE_ATTACKS, ids=[a[0] for a in DECODE_ATTACKS])
 def test_eight_at_once_are_each_answered_within_6_s_while_others_notice_nothing(
-    server: Watched, attack: tuple[str, str, Body, str, dict[str, str | bytes], int, str | None]
+    server: Watched, attack: Attack
 ) -> None:
     _, path, body, content_type, headers, status, error_type = attack
     send = post(server, path, body if isinstance(body, bytes) else body(), content_type, **headers)
