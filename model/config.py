@@ -3,13 +3,35 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, replace
-from typing import Any, Literal
+from typing import Any, Literal, Protocol
 
 Family = Literal["vit", "clip", "siglip", "dinov2", "deit"]
 Ffn = Literal["gelu", "quick_gelu", "gelu_tanh", "swiglu"]
 Pool = Literal["token", "map", "none"]
 FINAL = "final"  # the layer that names the final-normed tokens (transformers' last_hidden_state)
 Layer = int | str  # 0 … L, -(L+1) … -1, or FINAL
+
+
+class EncoderShape(Protocol):
+    """What an encoder block is built from (model/vit.py's Block): ViTConfig and the text towers'
+    TextConfig (model/text.py) both have it."""
+
+    @property
+    def embed_dim(self) -> int: ...
+    @property
+    def num_heads(self) -> int: ...
+    @property
+    def head_dim(self) -> int: ...
+    @property
+    def mlp_dim(self) -> int: ...
+    @property
+    def ln_eps(self) -> float: ...
+    @property
+    def qkv_bias(self) -> bool: ...
+    @property
+    def layer_scale(self) -> bool: ...
+    @property
+    def ffn(self) -> Ffn: ...
 
 
 @dataclass(frozen=True)

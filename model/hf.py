@@ -5,8 +5,10 @@ Families (docs/API.md, Model families): the paper's ViT (`ViTModel`, `ViTForImag
 CLIP (`CLIPVisionModel`, `CLIPVisionModelWithProjection`, `CLIPModel`), SigLIP (`SiglipVisionModel`,
 `SiglipModel`, fixed-resolution SigLIP2), DINOv2 (`Dinov2Model`, `Dinov2WithRegistersModel`) and
 DeiT (`DeiTModel`, `DeiTForImageClassificationWithTeacher`). Key names of transformers 4.x (vision
-towers under `vision_model.`) and 5.x are both read. The other tower of a full CLIP or SigLIP
-checkpoint is skipped by name; every other key must be the vision model's (load_strict).
+towers under `vision_model.`) and 5.x are both read. The text tower of a full CLIP or SigLIP
+checkpoint is skipped by name here, and read by `load_hf_text` (model/text.py), as is a text-tower
+checkpoint (`CLIPTextModelWithProjection`, `SiglipTextModel`); every other key must be the
+tower's (load_strict).
 """
 
 from __future__ import annotations
@@ -14,12 +16,13 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 
 from model.config import ViTConfig
 from model.preprocess import PreprocessConfig
+from model.text import TextConfig, TextTransformer
 from model.vit import VisionTransformer
 from model.weights import (
     Checkpoint,
@@ -141,6 +144,15 @@ _MODEL_TYPES = {
     "deit": "deit",
 }
 _OTHER_TOWER = ("text_model.", "text_projection.", "logit_scale", "logit_bias")  # full CLIP and SigLIP
+_CLIP_EOS = 49407  # CLIP's end-of-text token
+_VISION_TOWER = ("vision_model.", "visual_projection.", "logit_scale", "logit_bias")
+# model_type -> family of the checkpoints whose text tower is served: full models and text towers.
+_TEXT_TYPES: dict[str, Literal["clip", "siglip"]] = {
+    "clip": "clip",
+    "siglip": "siglip",
+    "clip_text_model": "clip",
+    "siglip_text_model": "siglip",
+}
 _UNUSED = ("pooler.", "embeddings.mask_token", "embeddings.position_ids")  # never read at inference
 _ACTIVATIONS = {"gelu": "gelu", "quick_gelu": "quick_gelu", "gelu_pytorch_tanh": "gelu_tanh", "gelu_new": "gelu_tanh"}
 
@@ -152,8 +164,9 @@ _RENAMES: list[tuple[str, str]] = [
     (r"embeddings\.register_tokens$", "reg_token"),
     (r"embeddings\.(?:position_embeddings|position_embedding\.weight)$", "pos_embed"),
     (r"embeddings\.(?:patch_embeddings\.projection|patch_embedding)\.", "patch_embed.proj."),
+    (r"embeddings\.token_embedding\.", "tok_embed."),
     (r"pre_layrnorm\.", "norm_pre."),
-    (r"(?:layernorm|post_layernorm)\.", "norm."),
+    (r"(?:layernorm|post_layernorm|final_layer_norm)\.", "norm."),
     (_BLOCK + r"(?:layernorm_before|layer_norm1|norm1)\.", r"blocks.\1.norm1."),
     (_BLOCK + r"(?:layernorm_after|layer_norm2|norm2)\.", r"blocks.\1.norm2."),
     (_BLOCK + r"attention\.attention\.query\.", r"blocks.\1.attn.q."),
@@ -167,7 +180,7 @@ _RENAMES: list[tuple[str, str]] = [
     (_BLOCK + r"layer_scale([12])\.lambda1$", r"blocks.\1.ls\2.gamma"),
     (r"(?:classifier|cls_classifier)\.", "head."),
     (r"distillation_classifier\.", "head_dist."),
-    (r"visual_projection\.", "proj."),
+    (r"(?:visual|text)_projection\.", "proj."),
     (r"head\.probe$", "attn_pool.probe"),
     (r"head\.attention\.out_proj\.", "attn_pool.proj."),
     (r"head\.attention\.in_proj_", "attn_pool.in_proj."),  # split into q and kv below
@@ -176,13 +189,13 @@ _RENAMES: list[tuple[str, str]] = [
 ]
 
 
-def hf_to_native(state: StateDict, cfg: ViTConfig, skip: tuple[str, ...] = ()) -> StateDict:
+def hf_to_native(state: StateDict, cfg: ViTConfig | TextConfig, skip: tuple[str, ...] = ()) -> StateDict:
     """A transformers state dict in this layout, without the keys skipped by name (`skip`, and
     what inference never reads). q, k and v are fused into timm's qkv; HF ViT's pooler (a tanh
     layer after y) is not the ViT's y and is dropped with the rest of `_UNUSED`."""
     out: StateDict = {}
     for key, value in state.items():
-        name = re.sub(r"^(?:vit|deit|vision_model)\.", "", key)
+        name = re.sub(r"^(?:vit|deit|vision_model|text_model)\.", "", key)
         if key.startswith(skip) or name.startswith(_UNUSED):
             continue
         for pattern, replacement in _RENAMES:
@@ -244,6 +257,52 @@ def load_hf(path: Path) -> Checkpoint:
     )
     labels = _hf_labels(meta, cfg.num_classes)
     return Checkpoint(model, "huggingface", path, sha256_of(weights), labels, preprocess)
+
+
+def load_hf_text(path: Path) -> TextTransformer | None:
+    """The text tower of a full CLIP or SigLIP checkpoint, or of a text-tower checkpoint
+    (`CLIPTextModelWithProjection`, `SiglipTextModel`), loaded strictly; None for a checkpoint
+    without one."""
+    meta = read_json(path / "config.json")
+    family = _TEXT_TYPES.get(meta.get("model_type", ""))
+    if family is None:
+        return None
+    text = meta.get("text_config", meta)
+    weights = next((path / n for n in ("model.safetensors", "pytorch_model.bin") if (path / n).is_file()), None)
+    if weights is None:
+        raise CheckpointError(f"{path}: no model.safetensors or pytorch_model.bin")
+    state = read_weights(weights)
+    # CLIP's projection, or SigLIP's head (a text-tower checkpoint of transformers 5 has no prefix)
+    names = ("text_projection.weight",) if family == "clip" else ("text_model.head.weight", "head.weight")
+    output = next((state[name] for name in names if name in state), None)
+    if output is None:
+        raise CheckpointError(f"{path}: a {family} text tower without its projection is not served")
+    try:
+        cfg = _text_config(family, text, output.shape[0])
+    except (TypeError, ValueError) as exc:
+        raise CheckpointError(f"{path}/config.json: {exc}") from exc
+    model = TextTransformer(cfg)
+    load_strict(model, hf_to_native(state, cfg, _VISION_TOWER), f"{weights} (Hugging Face {family} text)")
+    return model.eval()
+
+
+def _text_config(family: Literal["clip", "siglip"], text: dict[str, Any], proj_dim: int) -> TextConfig:
+    act = text.get("hidden_act", "quick_gelu" if family == "clip" else "gelu_pytorch_tanh")
+    if act not in _ACTIVATIONS:
+        raise ValueError(f"hidden_act {act!r} is not one of {', '.join(_ACTIVATIONS)}")
+    return TextConfig(
+        family=family,
+        vocab_size=text.get("vocab_size", 49408 if family == "clip" else 32000),
+        context_length=text.get("max_position_embeddings", 77 if family == "clip" else 64),
+        embed_dim=text.get("hidden_size", 512 if family == "clip" else 768),
+        depth=text.get("num_hidden_layers", 12),
+        num_heads=text.get("num_attention_heads", 8 if family == "clip" else 12),
+        mlp_dim=text.get("intermediate_size", 2048 if family == "clip" else 3072),
+        ln_eps=text.get("layer_norm_eps", 1e-5 if family == "clip" else 1e-6),
+        ffn=_ACTIVATIONS[act],  # type: ignore[arg-type]
+        proj_dim=proj_dim,
+        eos_token_id=text.get("eos_token_id", _CLIP_EOS),  # what transformers' CLIPTextConfig defaults to
+    )
 
 
 def _config(family: Family, vision: dict[str, Any], state: StateDict, served: int) -> ViTConfig:

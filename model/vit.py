@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.config import Layer, ViTConfig
+from model.config import EncoderShape, Layer, ViTConfig
 
 
 @dataclass
@@ -45,9 +45,10 @@ class PatchEmbed(nn.Module):
 
 
 class Attention(nn.Module):
-    """Multi-head self-attention with one fused qkv projection."""
+    """Multi-head self-attention with one fused qkv projection; over every token (vision), or
+    masked: causally (CLIP's text), or to the keys `mask` keeps (SigLIP's text, unpadded)."""
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: EncoderShape) -> None:
         super().__init__()
         self.num_heads = cfg.num_heads
         self.head_dim = cfg.head_dim
@@ -55,14 +56,19 @@ class Attention(nn.Module):
         self.proj = nn.Linear(cfg.embed_dim, cfg.embed_dim)
         self.fused = True  # False: the explicit softmax(QKᵀ/√d)V, kept as a reference for tests
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        """`mask`: boolean (B, 1, 1, T), True for the keys attended to."""
         B, T, D = x.shape
         qkv = self.qkv(x).reshape(B, T, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
         q, k, v = qkv.unbind(0)  # each (B, heads, T, head_dim)
         if self.fused:
-            x = F.scaled_dot_product_attention(q, k, v)
+            x = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal)
         else:
             attn = (q @ k.transpose(-2, -1)) / math.sqrt(self.head_dim)
+            if causal:
+                mask = torch.ones(T, T, dtype=torch.bool, device=x.device).tril()
+            if mask is not None:
+                attn = attn.masked_fill(~mask, float("-inf"))
             x = attn.softmax(dim=-1) @ v
         return self.proj(x.transpose(1, 2).reshape(B, T, D))
 
@@ -77,7 +83,7 @@ class QuickGELU(nn.Module):
 class Mlp(nn.Module):
     """fc2(act(fc1 x)); swiglu: fc1 yields [a, b] and the hidden layer is SiLU(a)·b (DINOv2-giant)."""
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: EncoderShape) -> None:
         super().__init__()
         self.gated = cfg.ffn == "swiglu"
         self.fc1 = nn.Linear(cfg.embed_dim, (2 if self.gated else 1) * cfg.mlp_dim)
@@ -110,7 +116,7 @@ class LayerScale(nn.Module):
 class Block(nn.Module):
     """One pre-norm encoder block."""
 
-    def __init__(self, cfg: ViTConfig) -> None:
+    def __init__(self, cfg: EncoderShape) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(cfg.embed_dim, eps=cfg.ln_eps)
         self.attn = Attention(cfg)
@@ -119,8 +125,8 @@ class Block(nn.Module):
         self.mlp = Mlp(cfg)
         self.ls2 = LayerScale(cfg.embed_dim) if cfg.layer_scale else nn.Identity()
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.ls1(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
+        x = x + self.ls1(self.attn(self.norm1(x), mask, causal))
         return x + self.ls2(self.mlp(self.norm2(x)))
 
 

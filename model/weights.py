@@ -21,6 +21,7 @@ from safetensors.torch import load_file
 
 from model.config import ViTConfig
 from model.preprocess import PreprocessConfig
+from model.text import TextConfig, TextTransformer
 from model.vit import VisionTransformer, resample_pos_embed
 
 StateDict = dict[str, torch.Tensor]
@@ -107,19 +108,25 @@ def fuse_qkv(state: StateDict, depth: int) -> StateDict:
 
 
 def load_strict(
-    model: VisionTransformer, state: StateDict, source: str, unused: Sequence[str] = (), antialias: bool = False
+    model: VisionTransformer | TextTransformer,
+    state: StateDict,
+    source: str,
+    unused: Sequence[str] = (),
+    antialias: bool = False,
 ) -> None:
     """Copy `state` into `model` only if every key and shape matches; else one error naming all.
 
-    A position embedding for another patch grid is resampled first (bicubic, prefix tokens kept;
-    `antialias` as the family's transformers code does it).
+    A vision tower's position embedding for another patch grid is resampled first (bicubic,
+    prefix tokens kept; `antialias` as the family's transformers code does it).
     """
     expected = model.state_dict()
     pos = state.get("pos_embed")
     target = expected["pos_embed"].shape
-    if pos is not None and pos.ndim == 3 and pos.shape != target and pos.shape[-1] == target[-1]:
+    cfg = model.cfg
+    resizable = pos is not None and pos.ndim == 3 and pos.shape != target and pos.shape[-1] == target[-1]
+    if isinstance(cfg, ViTConfig) and pos is not None and resizable:
         with contextlib.suppress(ValueError):  # not a square grid: reported as a shape mismatch below
-            resampled = resample_pos_embed(pos, model.cfg.grid_size, model.cfg.pos_prefix, antialias)
+            resampled = resample_pos_embed(pos, cfg.grid_size, cfg.pos_prefix, antialias)
             state = {**state, "pos_embed": resampled}
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected)) + list(unused)
@@ -129,7 +136,7 @@ def load_strict(
         if state[k].shape != expected[k].shape
     ]
     if missing or unexpected or mismatched:
-        lines = [f"{source} does not fit the model ({_describe(model.cfg)}):"]
+        lines = [f"{source} does not fit the model ({_describe(cfg)}):"]
         if missing:
             lines.append(f"  missing keys ({len(missing)}): {', '.join(missing)}")
         if unexpected:
@@ -140,8 +147,8 @@ def load_strict(
     model.load_state_dict({k: v.float() for k, v in state.items()}, strict=True)
 
 
-def _describe(cfg: ViTConfig) -> str:
-    return (
-        f"D={cfg.embed_dim}, depth={cfg.depth}, heads={cfg.num_heads}, patch={cfg.patch_size}, "
-        f"image={cfg.image_size}, classes={cfg.num_classes}"
-    )
+def _describe(cfg: ViTConfig | TextConfig) -> str:
+    shape = f"D={cfg.embed_dim}, depth={cfg.depth}, heads={cfg.num_heads}"
+    if isinstance(cfg, TextConfig):
+        return f"{cfg.family} text, {shape}, vocabulary={cfg.vocab_size}, tokens={cfg.context_length}"
+    return f"{shape}, patch={cfg.patch_size}, image={cfg.image_size}, classes={cfg.num_classes}"
