@@ -6,6 +6,7 @@ HTTP (tests/service/scenarios/test_families.py). Nothing is downloaded.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -238,3 +239,22 @@ def reference(model: Any, pixels: torch.Tensor) -> Reference:
     if isinstance(model, T.CLIPVisionModelWithProjection):
         return Reference(out.image_embeds, out.hidden_states, out.last_hidden_state, None)
     return Reference(getattr(out, "pooler_output", None), out.hidden_states, out.last_hidden_state, None)
+
+
+def clip_tokenizer(**config: Any) -> Any:
+    """A CLIP tokenizer of a few hundred tokens, its BPE trained here on a handful of captions
+    (transformers' CLIPTokenizer builds the rest: normalizer, pre-tokenizer, special tokens)."""
+    from tokenizers import trainers
+
+    base = T.CLIPTokenizer()
+    trainer = trainers.BpeTrainer(
+        vocab_size=300,
+        special_tokens=["<|startoftext|>", "<|endoftext|>"],
+        end_of_word_suffix="</w>",
+        initial_alphabet=[chr(c) for c in range(33, 127)],
+    )
+    captions = ["a photo of a cat", "a photo of a dog", "this is a photo of {}.", "a quick brown fox"] * 20
+    base._tokenizer.train_from_iterator(captions, trainer=trainer)
+    model = json.loads(base._tokenizer.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]
+    return T.CLIPTokenizer(vocab=model["vocab"], merges=merges, **config)
