@@ -258,3 +258,30 @@ def clip_tokenizer(**config: Any) -> Any:
     model = json.loads(base._tokenizer.to_str())["model"]
     merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]
     return T.CLIPTokenizer(vocab=model["vocab"], merges=merges, **config)
+
+
+def siglip_tokenizer(directory: Path) -> Any:
+    """A SigLIP tokenizer of 40 pieces: a SentencePiece unigram model trained here on a handful of
+    captions, with SigLIP's special ids (pad 0, </s> 1, <unk> 2), saved in `directory`."""
+    import io
+
+    import sentencepiece
+
+    captions = ["a photo of a cat", "a photo of a dog", "this is a photo of a plane", "the quick brown fox jumps"]
+    captions += ["over the lazy dog", "vision transformers embed images", "x y z"]
+    model = io.BytesIO()
+    sentencepiece.SentencePieceTrainer.train(
+        sentence_iterator=iter(captions * 40),
+        model_writer=model,
+        vocab_size=40,
+        pad_id=0,
+        eos_id=1,
+        unk_id=2,
+        bos_id=-1,
+        add_dummy_prefix=False,
+        minloglevel=2,
+    )
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / "spiece.model").write_bytes(model.getvalue())
+    T.SiglipTokenizer(vocab_file=str(directory / "spiece.model")).save_pretrained(directory)
+    return T.AutoTokenizer.from_pretrained(directory)
