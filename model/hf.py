@@ -22,7 +22,7 @@ import torch
 
 from model.config import ViTConfig
 from model.preprocess import PreprocessConfig
-from model.text import TextConfig, TextTransformer
+from model.text import Similarity, TextConfig, TextTower, TextTransformer
 from model.vit import VisionTransformer
 from model.weights import (
     Checkpoint,
@@ -259,10 +259,10 @@ def load_hf(path: Path) -> Checkpoint:
     return Checkpoint(model, "huggingface", path, sha256_of(weights), labels, preprocess)
 
 
-def load_hf_text(path: Path) -> TextTransformer | None:
-    """The text tower of a full CLIP or SigLIP checkpoint, or of a text-tower checkpoint
-    (`CLIPTextModelWithProjection`, `SiglipTextModel`), loaded strictly; None for a checkpoint
-    without one."""
+def load_hf_text(path: Path) -> TextTower | None:
+    """The text tower of a full CLIP or SigLIP checkpoint (with the pair's similarity), or of a
+    text-tower checkpoint (`CLIPTextModelWithProjection`, `SiglipTextModel`), loaded strictly; None
+    for a checkpoint without one."""
     meta = read_json(path / "config.json")
     family = _TEXT_TYPES.get(meta.get("model_type", ""))
     if family is None:
@@ -283,7 +283,11 @@ def load_hf_text(path: Path) -> TextTransformer | None:
         raise CheckpointError(f"{path}/config.json: {exc}") from exc
     model = TextTransformer(cfg)
     load_strict(model, hf_to_native(state, cfg, _VISION_TOWER), f"{weights} (Hugging Face {family} text)")
-    return model.eval()
+    similarity = None
+    if "logit_scale" in state:
+        bias = float(state["logit_bias"].reshape(-1)[0]) if "logit_bias" in state else 0.0
+        similarity = Similarity(family, float(state["logit_scale"].float().exp().reshape(-1)[0]), bias)
+    return TextTower(model.eval(), similarity)
 
 
 def _text_config(family: Literal["clip", "siglip"], text: dict[str, Any], proj_dim: int) -> TextConfig:

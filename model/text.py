@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.config import Ffn
@@ -83,3 +84,28 @@ class TextTransformer(nn.Module):
             return self.head(x[:, -1])
         end = ids.argmax(-1) if cfg.eos_token_id == LEGACY_EOS else (ids == cfg.eos_token_id).int().argmax(-1)
         return self.proj(x[torch.arange(x.shape[0], device=x.device), end])
+
+
+@dataclass(frozen=True)
+class Similarity:
+    """How a pair scores an image against captions: CLIP's softmax over them, or SigLIP's sigmoid
+    of each; `scale` is exp(logit_scale), `bias` SigLIP's logit_bias (0 for CLIP)."""
+
+    family: Literal["clip", "siglip"]
+    scale: float
+    bias: float = 0.0
+
+    def scores(self, images: torch.Tensor, texts: torch.Tensor) -> torch.Tensor:
+        """(B, D) image and (L, D) text embeddings -> (B, L) scores, as transformers'
+        zero-shot-image-classification pipeline computes them."""
+        logits = self.scale * F.normalize(images, dim=-1) @ F.normalize(texts, dim=-1).T + self.bias
+        return logits.softmax(-1) if self.family == "clip" else logits.sigmoid()
+
+
+@dataclass
+class TextTower:
+    """A checkpoint's text tower, and how it scores against the image tower (None for a text-tower
+    checkpoint, which does not carry the pair's scale)."""
+
+    model: TextTransformer
+    similarity: Similarity | None

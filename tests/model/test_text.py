@@ -1,5 +1,6 @@
 """The text towers (model/text.py, loaded by model/hf.py's load_hf_text) against transformers'
-`get_text_features`, on scrambled random weights, for every checkpoint class that has one."""
+`get_text_features`, on scrambled random weights, for every checkpoint class that has one; and
+with the image tower and the tokenizer, zero-shot scores against transformers' pipeline."""
 
 from __future__ import annotations
 
@@ -11,11 +12,24 @@ import pytest
 import torch
 import transformers as T
 
+from model.checkpoints import load_checkpoint
 from model.hf import load_hf_text
+from model.tensors import load_image, normalize
 from model.text import TextTransformer
+from model.tokenizer import TextTokenizer
 from model.vit import Attention
 from model.weights import CheckpointError
-from tests.families import CASES, _scrambled, _text, _vision
+from tests.families import (
+    CASES,
+    _clip_processor,
+    _scrambled,
+    _siglip_processor,
+    _text,
+    _vision,
+    clip_tokenizer,
+    siglip_tokenizer,
+)
+from tests.images import encode, photo
 
 VOCAB = 99
 
@@ -58,8 +72,10 @@ def _tokens(eos: int, legacy: bool) -> tuple[torch.Tensor, torch.Tensor]:
 def test_text_embeddings_match_transformers(name: str, tmp_path: Path) -> None:
     reference = TOWERS[name]()
     reference.save_pretrained(tmp_path)
-    tower = load_hf_text(tmp_path)
-    assert isinstance(tower, TextTransformer)
+    loaded = load_hf_text(tmp_path)
+    assert loaded is not None and isinstance(loaded.model, TextTransformer)
+    assert (loaded.similarity is None) == name.endswith(("WithProjection", "TextModel"))  # no pair, no scale
+    tower = loaded.model
     text_config = getattr(reference.config, "text_config", reference.config)
     eos = text_config.eos_token_id if text_config.eos_token_id < VOCAB else 1  # SigLIP's default is CLIP's id
     ids, mask = _tokens(eos, eos == 2)
@@ -96,3 +112,43 @@ def test_a_text_tower_that_does_not_fit_is_refused_naming_the_keys(tmp_path: Pat
     reference.save_pretrained(tmp_path)
     with pytest.raises(CheckpointError, match=r"missing keys \(\d+\): blocks\.1\."):
         load_hf_text(tmp_path)
+
+
+@pytest.mark.parametrize("family", ["clip", "siglip"])
+def test_zero_shot_scores_are_the_transformers_pipelines(family: str, tmp_path: Path) -> None:
+    """Image tower, tokenizer, text tower and similarity together, against transformers'
+    zero-shot-image-classification pipeline on the same directory, image, labels and template."""
+    if family == "clip":
+        tokenizer, processor = clip_tokenizer(), _clip_processor()
+        special = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
+        text_config = _clip_text(vocab_size=len(tokenizer), **special)
+        model = T.CLIPModel(T.CLIPConfig(text_config=text_config, vision_config=_vision(), projection_dim=16))
+    else:
+        tokenizer, processor = siglip_tokenizer(tmp_path), _siglip_processor()
+        text_config = {**_text(), "vocab_size": len(tokenizer)}
+        model = T.SiglipModel(T.SiglipConfig(text_config=text_config, vision_config=_vision()))
+    model = _scrambled(model, 31)
+    with torch.no_grad():  # scores of a few tenths, not SigLIP's initial sigmoid(-10)
+        model.logit_scale.fill_(1.6)
+        if family == "siglip":
+            model.logit_bias.fill_(0.2)
+    for part in (model, processor, tokenizer):
+        part.save_pretrained(tmp_path)
+    labels, image = ["cat", "dog", "plane", "a photo of a lazy dog!"], photo()
+    pipeline = T.pipeline("zero-shot-image-classification", model=str(tmp_path))
+    expected = {answer["label"]: answer["score"] for answer in pipeline(image, candidate_labels=labels)}
+
+    checkpoint = load_checkpoint(tmp_path)
+    loaded = load_hf_text(tmp_path)
+    assert loaded is not None and loaded.similarity is not None
+    text_tokenizer = TextTokenizer.from_dir(tmp_path, loaded.model.cfg.context_length)
+    with torch.inference_mode():
+        pixels = load_image(encode(image, "PNG"), checkpoint.model.cfg.image_size, checkpoint.preprocess)
+        embedding = checkpoint.model(normalize(pixels[None], checkpoint.preprocess.mean, checkpoint.preprocess.std))
+        tokens = text_tokenizer(
+            [f"This is a photo of {label}." for label in labels], 64 if family == "siglip" else None
+        )
+        scores = loaded.similarity.scores(embedding.embedding, loaded.model(tokens.ids, tokens.mask))[0]
+    assert 0.05 < max(expected.values()) < 0.95  # scores that say something
+    for label, score in zip(labels, scores.tolist(), strict=True):
+        assert score == pytest.approx(expected[label], abs=1e-5), label
