@@ -173,9 +173,16 @@ class Group:
                 log.info("stopping: the front-ends drain, then the engine stops")
                 return self._stop(0)
             if not engine.is_alive():
-                loaded = os.path.exists(self.engine_socket)
                 log.critical("the engine process exited (status %s): stopping the service", engine.exitcode)
-                return self._stop(1 if loaded else 2)
+                if os.path.exists(self.engine_socket):
+                    return self._stop(1)
+                # It never listened: the front-ends are still waiting for it, and listen only once
+                # connected, so they hold no request; in their start-up they would not see SIGTERM.
+                front_ends = [p for p in self.front_ends.values() if p.is_alive()]
+                for process in front_ends:
+                    _signal(process, signal.SIGKILL)
+                self._wait_for(front_ends, _STOP_WAIT_S)
+                return 2
             for index, process in list(self.front_ends.items()):
                 if process.is_alive():
                     continue
