@@ -11,7 +11,7 @@ from fastapi_offline import FastAPIOffline
 
 from service import __version__, lifecycle
 from service.engine.handle import EngineSource
-from service.http import ops, v1, v2
+from service.http import ops, v1, v2, weaviate
 from service.http.error_handlers import install_error_handlers
 from service.http.middleware import RequestContext
 from service.http.openapi import openapi
@@ -49,7 +49,7 @@ def create_app(settings: Settings, source: EngineSource) -> FastAPI:
         swagger_ui_parameters={"validatorUrl": None},  # Swagger UI would ask validator.swagger.io
     )
     app.state.service = state
-    for module in (v1, ops, v2):
+    for module in (v1, ops, v2, weaviate):
         app.include_router(module.router)
     install_error_handlers(app, state.metrics)
     app.add_middleware(RequestContext, metrics=state.metrics)

@@ -1,5 +1,5 @@
 """Where every error becomes a response, and only here: docs/API.md's error body, or under /v2
-the Open Inference Protocol's `{"error": message}`."""
+(the Open Inference Protocol) and /weaviate (Weaviate's modules) their `{"error": message}`."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ log = logging.getLogger("service")
 def error_response(error: ServiceError, path: str) -> JSONResponse:
     """The error's body for `path`, with its status and headers (Retry-After, WWW-Authenticate)."""
     body: dict[str, Any] = {"error": {"type": error.type, "message": error.message}}
-    if path.startswith("/v2"):
+    if path.startswith(("/v2", "/weaviate")):
         body = {"error": error.message}
     return JSONResponse(body, status_code=error.status, headers=error.headers)
 

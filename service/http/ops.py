@@ -10,6 +10,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import schemas
 from service.http.access import ERRORS, SECURED, admit, state_of
+from service.pipeline import Serving
 
 router = APIRouter()
 
@@ -18,35 +19,36 @@ router = APIRouter()
 async def models(request: Request) -> dict[str, Any]:
     """The served model: its shape, device, dtype, checkpoint and batching."""
     async with admit(request) as serving:
-        card = serving.card
+        return {"data": [model_entry(serving)]}
+
+
+def model_entry(serving: Serving) -> dict[str, Any]:
+    """The served model as /v1/models (and Weaviate's /meta) describe it."""
+    card = serving.card
     cfg = card.cfg
     return {
-        "data": [
-            {
-                "id": card.model_id,
-                "family": cfg.family,
-                "num_classes": cfg.num_classes,
-                "embedding_dim": cfg.embedding_dim,
-                "embedding": card.embedding_meaning,
-                "hidden_size": cfg.embed_dim,
-                "prefix_tokens": cfg.prefix_tokens,
-                "image_size": cfg.image_size,
-                "patch_size": cfg.patch_size,
-                "depth": cfg.depth,
-                "heads": cfg.num_heads,
-                "device": card.device,
-                "dtype": card.dtype,
-                "dtype_reason": card.dtype_reason,
-                "checkpoint": {
-                    "format": card.checkpoint_format,
-                    "path": card.checkpoint_path,
-                    "sha256": card.checkpoint_sha256,
-                },
-                "compiled_batch_sizes": list(card.compiled_buckets),
-                "max_batch_size": serving.resolved.max_batch_size,
-                "max_wait_ms": serving.settings.max_wait_ms,
-            }
-        ]
+        "id": card.model_id,
+        "family": cfg.family,
+        "num_classes": cfg.num_classes,
+        "embedding_dim": cfg.embedding_dim,
+        "embedding": card.embedding_meaning,
+        "hidden_size": cfg.embed_dim,
+        "prefix_tokens": cfg.prefix_tokens,
+        "image_size": cfg.image_size,
+        "patch_size": cfg.patch_size,
+        "depth": cfg.depth,
+        "heads": cfg.num_heads,
+        "device": card.device,
+        "dtype": card.dtype,
+        "dtype_reason": card.dtype_reason,
+        "checkpoint": {
+            "format": card.checkpoint_format,
+            "path": card.checkpoint_path,
+            "sha256": card.checkpoint_sha256,
+        },
+        "compiled_batch_sizes": list(card.compiled_buckets),
+        "max_batch_size": serving.resolved.max_batch_size,
+        "max_wait_ms": serving.settings.max_wait_ms,
     }
 
 

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse
 from pydantic import BaseModel
 
 from service import schemas
+from service.engine import ModelCard
 from service.errors import InferenceFailed, InvalidParameter, InvalidRequest
 from service.http.access import ERRORS, SECURED, admit, require_model
 from service.http.inputs import client_gone, peer, read_images
@@ -52,6 +53,17 @@ async def receive(
     params = merge(model, query, parsed.params)
     check_bounds(serving.card, vars(params))
     return parsed.images, params, deadline
+
+
+def require_embedding(card: ModelCard) -> None:
+    """422 for a model without a pooled embedding (a SigLIP tower without its head)."""
+    if not card.cfg.embedding_dim:
+        raise InvalidParameter("this model has no pooled embedding (a tower without its head): use /v1/features")
+
+
+def unit(y: np.ndarray) -> np.ndarray:
+    """`y` scaled to length 1 (a zero vector stays zero)."""
+    return y / max(float(np.linalg.norm(y)), 1e-12)  # type: ignore[no-any-return]
 
 
 def _route(params: type[BaseModel], openai: type[BaseModel] | None = None) -> dict[str, Any]:
@@ -97,8 +109,7 @@ async def embeddings(request: Request) -> JSONResponse:
     async with admit(request) as serving:
         endpoint = "/v1/embeddings"
         card = serving.card
-        if not card.cfg.embedding_dim:
-            raise InvalidParameter("this model has no pooled embedding (a tower without its head): use /v1/features")
+        require_embedding(card)
         images, params, deadline = await receive(request, serving, endpoint, EmbeddingParams, OpenAIEmbeddingParams)
         openai = isinstance(params, OpenAIEmbeddingParams)
         if openai:
@@ -106,9 +117,7 @@ async def embeddings(request: Request) -> JSONResponse:
         results = await compute(serving, endpoint, images, deadline, None, client_gone(request), peer(request))
     vectors = []
     for result in results:
-        y = result.embedding
-        if params.normalize:
-            y = y / max(float(np.linalg.norm(y)), 1e-12)
+        y = unit(result.embedding) if params.normalize else result.embedding
         vectors.append(_b64(y, "<f4") if params.encoding_format == "base64" else y.tolist())
     if openai:
         tokens = len(results) * card.cfg.num_tokens  # the tokens the encoder read: prefix and patches
