@@ -20,17 +20,17 @@ from typing import Any, Literal
 import numpy as np
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from service import __version__, schemas
 from service.engine import ModelCard
-from service.errors import InvalidParameter, InvalidRequest, NotFound, UnsupportedMediaType, first_error
+from service.errors import InvalidParameter, InvalidRequest, NotFound, UnsupportedMediaType
 from service.http.access import SECURED, admit, require_model, state_of
 from service.http.inputs import (
     check_image_count,
     client_gone,
     decode_base64,
-    load_json,
+    load_model,
     parse_off_loop,
     peer,
     read_body,
@@ -228,14 +228,9 @@ async def _request(request: Request, serving: Serving, deadline: float) -> tuple
             raise InvalidRequest("Inference-Header-Content-Length must be the JSON header's length in bytes")
         split = length
     header = raw[:split]
-    return await parse_off_loop(lambda: _infer_request(header, serving.settings.max_json_values), split), raw[split:]
-
-
-def _infer_request(header: bytes, max_values: int) -> InferRequest:
-    try:
-        return InferRequest.model_validate(load_json(header, max_values))
-    except ValidationError as exc:
-        raise InvalidRequest(f"invalid inference request: {first_error(exc.errors())}") from None
+    max_values = serving.settings.max_json_values
+    parse = lambda: load_model(InferRequest, header, max_values, "inference request")  # noqa: E731
+    return await parse_off_loop(parse, split), raw[split:]
 
 
 def _flag(parameters: dict[str, Any] | None, name: str, default: bool = False) -> bool:

@@ -11,16 +11,17 @@ from __future__ import annotations
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 
 from service import schemas
-from service.errors import InvalidParameter, InvalidRequest, NotReady, first_error
+from service.errors import InvalidParameter, NotReady
 from service.http.access import SECURED, admit, state_of
 from service.http.inputs import (
+    M,
     check_image_count,
     client_gone,
     decode_base64,
-    load_json,
+    load_model,
     parse_off_loop,
     peer,
     read_body,
@@ -117,16 +118,9 @@ async def vectorize(request: Request) -> dict[str, Any]:
     return {"textVectors": [], "imageVectors": unit}
 
 
-async def _read(request: Request, serving: Serving, deadline: float, model: type[BaseModel]) -> Any:
+async def _read(request: Request, serving: Serving, deadline: float, model: type[M]) -> M:
     raw = await read_body(request, serving.settings.max_body_bytes, deadline)
-
-    def parse() -> BaseModel:
-        try:
-            return model.model_validate(load_json(raw, serving.settings.max_json_values))
-        except ValidationError as exc:
-            raise InvalidRequest(f"invalid request: {first_error(exc.errors())}") from None
-
-    return await parse_off_loop(parse, len(raw))
+    return await parse_off_loop(lambda: load_model(model, raw, serving.settings.max_json_values), len(raw))
 
 
 async def _vectors(
