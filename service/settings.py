@@ -64,7 +64,12 @@ class Settings(BaseSettings):
     decode_processes: int | None = Field(
         None, ge=1, le=256, description="image decoding processes per front-end (default: cores / workers, at least 2)"
     )
-    decode_timeout_s: float = Field(5.0, gt=0, le=600, description="one image's decode; its process is killed after")
+    decode_timeout_s: float = Field(
+        5.0,
+        gt=0,
+        le=600,
+        description="the longest one image's decode may take (less for a cheap one); then its process is killed",
+    )
     decode_memory_bytes: int = Field(
         1024 * MiB, ge=64 * MiB, description="address space one decode process may add to its start-up size"
     )
