@@ -33,9 +33,13 @@ class Tokens:
     counts: list[int]  # each text's tokens, special tokens included, after truncation
 
 
+# transformers' tokenizer classes that pad on the left unless their config says otherwise
+_LEFT_PADDING = {"GemmaTokenizer", "GemmaTokenizerFast"}  # SigLIP2's
+
+
 class TextTokenizer:
-    def __init__(self, encode: Encode, pad_id: int, max_length: int) -> None:
-        self.encode, self.pad_id, self.max_length = encode, pad_id, max_length
+    def __init__(self, encode: Encode, pad_id: int, max_length: int, pad_left: bool = False) -> None:
+        self.encode, self.pad_id, self.max_length, self.pad_left = encode, pad_id, max_length, pad_left
 
     @classmethod
     def from_dir(cls, path: Path, context_length: int) -> TextTokenizer:
@@ -57,19 +61,25 @@ class TextTokenizer:
             raise CheckpointError(f"{path}: no tokenizer.json or spiece.model for the text tower")
         if pad_id is None:
             raise CheckpointError(f"{path}/tokenizer_config.json: pad_token {pad!r} is not in the vocabulary")
-        return cls(encode, pad_id, max_length)
+        side = config.get("padding_side") or ("left" if config.get("tokenizer_class") in _LEFT_PADDING else "right")
+        return cls(encode, pad_id, max_length, pad_left=side == "left")
 
     def __call__(self, texts: Sequence[str], pad_to: int | None = None) -> Tokens:
         """`texts` tokenized, truncated to `max_length`, padded to the longest (or to `pad_to`)."""
         encoded = self.encode(texts)
         counts = [len(ids) for ids in encoded]
         length = max([pad_to or 0, *counts])
-        ids = torch.full((len(texts), length), self.pad_id, dtype=torch.int64)
-        mask = torch.zeros((len(texts), length), dtype=torch.int64)
+        mask = self.pad([[1] * count for count in counts], length, value=0)
+        return Tokens(self.pad(encoded, length), mask, counts)
+
+    def pad(self, encoded: Sequence[Sequence[int]], length: int, value: int | None = None) -> torch.Tensor:
+        """Token ids -> one (B, length) int64 tensor, padded on the tokenizer's side with its pad
+        id (or `value`)."""
+        ids = torch.full((len(encoded), length), self.pad_id if value is None else value, dtype=torch.int64)
         for row, row_ids in enumerate(encoded):
-            ids[row, : counts[row]] = torch.tensor(row_ids, dtype=torch.int64)
-            mask[row, : counts[row]] = 1
-        return Tokens(ids, mask, counts)
+            span = slice(length - len(row_ids), length) if self.pad_left else slice(0, len(row_ids))
+            ids[row, span] = torch.tensor(row_ids, dtype=torch.int64)
+        return ids
 
 
 class SigLIPPieces:

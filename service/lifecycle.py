@@ -1,7 +1,7 @@
 """What the running service holds, and its life: load, warm up, start, turn ready; drain; stop.
 
 `ServiceState` is the one mutable object behind the routes: its status (loading, ready,
-draining, failed), the engine (an `EngineHandle`) and decode processes once started, the
+draining, failed), the engine (an `EngineHandle`), decode processes and tokenizer once started, the
 resolved settings, and the count of admitted requests that draining waits for.
 """
 
@@ -18,6 +18,7 @@ from service.engine.card import ModelCard
 from service.engine.handle import EngineHandle, EngineSource
 from service.metrics import Metrics
 from service.settings import Resolved, Settings
+from service.texts import Texts
 
 log = logging.getLogger("service")
 
@@ -32,6 +33,7 @@ class ServiceState:
     resolved: Resolved | None = None  # once the engine knows its device
     engine: EngineHandle | None = None  # in this process or in an engine process: never asked which
     decode_pool: DecodePool | None = None
+    texts: Texts | None = None  # the text tower's tokenizer and label cache, where the model has one
     admitted: int = 0  # requests past the readiness check and not yet answered
 
     @property
@@ -55,6 +57,7 @@ async def start(state: ServiceState, source: EngineSource) -> None:
         settings = state.settings
         engine = state.engine = await source.connect(settings, state.metrics)
         resolved = state.resolved = settings.resolve(engine.card.device_type)
+        state.texts = await asyncio.to_thread(Texts.load, engine.card, settings.label_cache_size, state.metrics)
         await _start_decoding(state, engine.card, resolved)
         _turn_ready(state, engine.card, resolved)
     except Exception:

@@ -36,6 +36,16 @@ class Metrics:
             registry=r,
         )
         self.images = Counter("vit_images", "Images processed", ["endpoint"], registry=r)
+        self.texts = Counter("vit_texts", "Texts embedded by the text tower", ["endpoint"], registry=r)
+        self.label_cache = Counter(
+            "vit_label_cache_lookups", "Zero-shot label embeddings looked up, found or not", ["result"], registry=r
+        )
+        self.label_cache_hit_ratio = Gauge(
+            "vit_label_cache_hit_ratio",
+            "Of the zero-shot label lookups since start, the share found cached (per front-end process)",
+            registry=r,
+            multiprocess_mode="liveall",
+        )
         self.queue_depth = Gauge(
             "vit_queue_depth", "Images waiting for a batch", registry=r, multiprocess_mode="livesum"
         )

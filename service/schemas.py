@@ -6,11 +6,16 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from service.texts import MAX_TEXT_CHARS
+
 
 class Prediction(BaseModel):
-    index: int
+    index: int = Field(description="the class's index, or the label's in the request's `labels`")
     label: str
-    score: float = Field(description="softmax probability over all classes")
+    score: float = Field(
+        description="softmax probability over all classes; zero-shot: over the labels (CLIP), or each label's"
+        " sigmoid (SigLIP)"
+    )
 
 
 class ClassifyResult(BaseModel):
@@ -31,6 +36,7 @@ class EmbeddingsResponse(BaseModel):
     model: str
     dim: int
     data: list[Embedding]
+    usage: Usage
 
 
 class OpenAIEmbedding(BaseModel):
@@ -40,7 +46,9 @@ class OpenAIEmbedding(BaseModel):
 
 
 class Usage(BaseModel):
-    prompt_tokens: int = Field(description="tokens the encoder read: images × (prefix tokens + patches)")
+    prompt_tokens: int = Field(
+        description="tokens the towers read: a text's (special tokens included), an image's prefix tokens and patches"
+    )
     total_tokens: int
 
 
@@ -73,6 +81,14 @@ class CheckpointInfo(BaseModel):
     sha256: str | None
 
 
+class TextTowerInfo(BaseModel):
+    tokenizer: str = Field(description="the checkpoint directory's tokenizer file: tokenizer.json or spiece.model")
+    max_tokens: int = Field(description="a text is truncated to this many tokens, special tokens included")
+    padding: str = Field(description="'longest' (CLIP, causal) or 'max_length' (SigLIP reads its padding)")
+    dim: int = Field(description="the size of a text's embedding: the image embedding's")
+    similarity: str = Field(description="zero-shot scores: softmax over the labels (CLIP) or a sigmoid of each")
+
+
 class ModelInfo(BaseModel):
     id: str
     family: str = Field(description="vit, clip, siglip, dinov2 or deit")
@@ -94,6 +110,7 @@ class ModelInfo(BaseModel):
     )
     max_batch_size: int
     max_wait_ms: float
+    text: TextTowerInfo | None = Field(description="the pair's text tower (texts, zero-shot labels); null: none")
 
 
 class ModelsResponse(BaseModel):
@@ -122,6 +139,9 @@ class V2Error(BaseModel):
 # An image in JSON: OpenAPI's `byte` format (base64) of an image file; a data: URL is accepted too.
 _IMAGE_STRING = {"type": "string", "format": "byte", "description": "an image file, base64-encoded, or a data: URL"}
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
+# A text for a CLIP or SigLIP pair's text tower, marked as service/http/params.py's TEXT_TOWER
+# marks what the served schema keeps only for such a model (service/http/openapi.py).
+_TEXT = {"type": "string", "pattern": r"\S", "maxLength": MAX_TEXT_CHARS, "description": "a text", "x-text-tower": True}
 
 
 def _fields(params: type[BaseModel]) -> dict[str, Any]:
@@ -143,16 +163,24 @@ def image_body(params: type[BaseModel], openai: type[BaseModel] | None = None) -
         "additionalProperties": False,
     }
     json_schema: dict[str, Any] = native
-    if openai is not None:
-        single = _IMAGE_STRING | {"description": "one image: base64 or a data: URL"}
-        inputs = {"anyOf": [single, {"type": "array", "items": _IMAGE_STRING, "minItems": 1}]}
+    if openai is not None:  # the embeddings route: texts too, for a model with a text tower
+        texts = {
+            "type": "object",
+            "properties": {"texts": {"type": "array", "items": _TEXT, "minItems": 1}} | _fields(params),
+            "required": ["texts"],
+            "additionalProperties": False,
+            "x-text-tower": True,
+        }
+        # OpenAI's `input`: images as data: URLs, or, where the model has no text tower, base64
+        item = {"anyOf": [_IMAGE_STRING, _TEXT]}
+        inputs = {"anyOf": [item, {"type": "array", "items": item, "minItems": 1}]}
         form = {
             "type": "object",
             "properties": {"input": inputs} | _fields(openai),
             "required": ["input", "model"],
             "additionalProperties": False,
         }
-        json_schema = {"oneOf": [native, form]}
+        json_schema = {"oneOf": [native, texts, form]}
     multipart = {
         "type": "object",
         "properties": {"image": {"type": "array", "items": {"type": "string", "format": "binary"}, "minItems": 1}},

@@ -55,6 +55,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(20 * MiB, ge=1024)
     max_images_per_request: int = Field(64, ge=1, le=4096)
     max_image_pixels: int = Field(40_000_000, ge=1, le=178_956_970)  # Pillow's own bomb limit is above
+    max_labels: int = Field(1000, ge=1, le=100_000, description="zero-shot labels in one /v1/classify request")
+    label_cache_size: int = Field(
+        10_000, ge=0, description="zero-shot label embeddings kept (least recently used out first); 0: none"
+    )
     workers: int = Field(
         1, ge=1, le=256, description="front-end processes (HTTP, decoding); above 1 the model gets a process of its own"
     )

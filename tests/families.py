@@ -285,3 +285,50 @@ def siglip_tokenizer(directory: Path) -> Any:
     (directory / "spiece.model").write_bytes(model.getvalue())
     T.SiglipTokenizer(vocab_file=str(directory / "spiece.model")).save_pretrained(directory)
     return T.AutoTokenizer.from_pretrained(directory)
+
+
+def siglip2_tokenizer(directory: Path) -> Any:
+    """A SigLIP2 tokenizer (Gemma's: tokenizer.json, a byte-fallback BPE, `<eos>` added, padded on
+    the left as transformers' GemmaTokenizer pads), built by transformers' own class from a BPE
+    trained here, so that its file holds the pipeline that class defines; saved in `directory`."""
+    from tokenizers import Tokenizer, models, trainers
+
+    bpe = Tokenizer(models.BPE(unk_token="<unk>"))
+    captions = ["a photo of a cat", "a photo of a dog", "This is a photo of a plane.", "the quick brown fox"]
+    trainer = trainers.BpeTrainer(vocab_size=120, special_tokens=["<pad>", "<eos>", "<bos>", "<unk>"])
+    bpe.train_from_iterator([c.replace(" ", "▁") for c in captions] * 30, trainer=trainer)
+    model = json.loads(bpe.to_str())["model"]
+    merges = [tuple(m) if isinstance(m, list) else tuple(m.split()) for m in model["merges"]]
+    special = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"}
+    tokenizer = T.GemmaTokenizer(
+        vocab=model["vocab"], merges=merges, add_bos_token=False, add_eos_token=True, **special
+    )
+    tokenizer.save_pretrained(directory)
+    return T.AutoTokenizer.from_pretrained(directory)
+
+
+PAIRS = ("clip", "siglip", "siglip2")  # SigLIP2 at a fixed resolution: a SiglipModel with Gemma's tokenizer
+
+
+def save_pair(family: str, directory: Path) -> Any:
+    """A full CLIP, SigLIP or SigLIP2 checkpoint (both towers, scrambled, with a logit scale and
+    bias that give scores of a few tenths), its image processor and its tokenizer, trained here,
+    saved in `directory` as `save_pretrained` saves them; returns the model."""
+    if family == "clip":
+        tokenizer, processor = clip_tokenizer(), _clip_processor()
+        special = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
+        text_config = {**_text(), "vocab_size": len(tokenizer), **special}
+        model = T.CLIPModel(T.CLIPConfig(text_config=text_config, vision_config=_vision(), projection_dim=16))
+    else:
+        make = siglip_tokenizer if family == "siglip" else siglip2_tokenizer
+        tokenizer, processor = make(directory), _siglip_processor()
+        text_config = {**_text(), "vocab_size": len(tokenizer)}
+        model = T.SiglipModel(T.SiglipConfig(text_config=text_config, vision_config=_vision()))
+    model = _scrambled(model, 31)
+    with torch.no_grad():  # scores of a few tenths, not SigLIP's initial sigmoid(-10)
+        model.logit_scale.fill_(1.6)
+        if family != "clip":
+            model.logit_bias.fill_(0.2)
+    for part in (model, processor, tokenizer):
+        part.save_pretrained(directory)
+    return model

@@ -3,7 +3,8 @@
 One collector task owns a bounded queue of items (image, future, enqueue time, deadline).
 It forms a batch as soon as it has `max_batch_size` images, or the first waiting image has
 waited `max_wait`, or (adaptive) the device has nothing to do, so a lone request never waits
-for company that is not coming. Items whose client has gone are skipped; items past their
+for company that is not coming. A batch holds items of one key (images; texts of one padded
+length), the first waiting item's, taken in order. Items whose client has gone are skipped; items past their
 deadline get 504; neither is computed. Forward passes run on one compute thread, so the event
 loop never blocks. With two batches in flight (a GPU), staging (stacking, the copy to the
 device) runs on a thread of its own while the previous batch runs, so the device never waits
@@ -18,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
@@ -26,7 +27,7 @@ from typing import Any, Generic, TypeVar
 import numpy as np
 
 from model.config import Layer
-from service.engine.device import BatchOutput, Image
+from service.engine.device import BatchOutput, Input
 from service.errors import DeadlineExceeded, InferenceFailed, NotReady, Overloaded
 from service.metrics import Metrics
 
@@ -46,24 +47,26 @@ class ItemResult:
 
 @dataclass(eq=False)
 class Item:
-    image: Image
+    input: Input
     future: asyncio.Future[ItemResult]
     enqueued: float
     deadline: float
     layer: Layer | None  # a hidden layer to return, for /v1/features
+    key: Hashable = 0  # items share a batch only with items of the same key
 
 
 class Batcher(Generic[Staged]):
-    """`await submit(images, deadline)` -> one result per image, computed in shared batches.
+    """`await submit(inputs, deadline)` -> one result per input, computed in shared batches.
 
-    `stage(images)` prepares a batch; `forward(staged, hidden_layers)` runs it (on
+    `stage(inputs)` prepares a batch; `forward(staged, hidden_layers)` runs it (on
     `compute_thread`, the engine's own thread when given) and returns a BatchOutput whose rows
-    follow the images' order, with the hidden states of the layers its items asked for.
+    follow the inputs' order, with the hidden states of the layers its items asked for.
+    `key(input)` says which inputs may share a batch (default: all).
     """
 
     def __init__(
         self,
-        stage: Callable[[list[Image]], Staged],
+        stage: Callable[[list[Input]], Staged],
         forward: Callable[[Staged, list[Layer]], BatchOutput],
         *,
         max_batch_size: int,
@@ -73,8 +76,9 @@ class Batcher(Generic[Staged]):
         adaptive: bool = True,
         max_in_flight: int = 2,
         compute_thread: ThreadPoolExecutor | None = None,
+        key: Callable[[Input], Hashable] | None = None,
     ) -> None:
-        self._stage, self._forward = stage, forward
+        self._stage, self._forward, self._key = stage, forward, key
         self.max_batch_size, self.max_wait_s, self.max_queue_size = max_batch_size, max_wait_s, max_queue_size
         self.adaptive = adaptive
         self._metrics = metrics
@@ -156,7 +160,7 @@ class Batcher(Generic[Staged]):
 
     # --------------------------------------------------------------------------- submit
 
-    async def submit(self, images: Sequence[Image], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
+    async def submit(self, images: Sequence[Input], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
         """Queue `images` and wait for their results, until `deadline` (monotonic); with `layer`,
         each result also holds that layer's hidden states.
 
@@ -176,7 +180,7 @@ class Batcher(Generic[Staged]):
         finally:
             self.forget(items)
 
-    def enqueue(self, images: Sequence[Image], deadline: float, layer: Layer | None = None) -> list[Item]:
+    def enqueue(self, images: Sequence[Input], deadline: float, layer: Layer | None = None) -> list[Item]:
         """`submit` without the waiting: queue the images and return their items, whose futures
         get the results (or a DeadlineExceeded if still queued at the deadline, which nothing
         else enforces here). The caller must `forget` them once done with them."""
@@ -188,7 +192,8 @@ class Batcher(Generic[Staged]):
         if len(self._queue) + len(images) > self.max_queue_size:
             raise Overloaded(f"the queue is full ({self.max_queue_size} images); retry shortly")
         loop = asyncio.get_running_loop()
-        items = [Item(image, loop.create_future(), now, deadline, layer) for image in images]
+        key = self._key or (lambda _: 0)
+        items = [Item(image, loop.create_future(), now, deadline, layer, key(image)) for image in images]
         self._queue.extend(items)
         self._set_depth()
         self._wakeup.set()
@@ -249,6 +254,7 @@ class Batcher(Generic[Staged]):
                 return []
         now = time.monotonic()
         batch: list[Item] = []
+        passed: list[Item] = []  # another key's items, left in the queue in their order
         while self._queue and len(batch) < self.max_batch_size:
             item = self._queue.popleft()
             if item.future.done():  # cancelled: its client has gone
@@ -256,7 +262,8 @@ class Batcher(Generic[Staged]):
             if item.deadline <= now:
                 item.future.set_exception(DeadlineExceeded("the request was not computed within its deadline"))
                 continue
-            batch.append(item)
+            (batch if not batch or item.key == batch[0].key else passed).append(item)
+        self._queue.extendleft(reversed(passed))
         self._set_depth()
         if self._metrics is not None:
             for item in batch:
@@ -268,7 +275,7 @@ class Batcher(Generic[Staged]):
         try:
             staged = None
             if self._stage_pool is not None:
-                staged = await loop.run_in_executor(self._stage_pool, self._stage, [i.image for i in batch])
+                staged = await loop.run_in_executor(self._stage_pool, self._stage, [i.input for i in batch])
             output, batch = await loop.run_in_executor(self._compute_thread, self._compute, batch, staged)
         except asyncio.CancelledError:  # closed while staged or running: still one answer each
             for item in batch:
@@ -303,7 +310,7 @@ class Batcher(Generic[Staged]):
             staged = None if staged is None else staged[keep]
             batch = [batch[row] for row in keep]
         if staged is None:
-            staged = self._stage([item.image for item in batch])
+            staged = self._stage([item.input for item in batch])
         layers = sorted({item.layer for item in batch if item.layer is not None}, key=str)
         start = time.perf_counter()
         output = self._forward(staged, layers)

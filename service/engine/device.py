@@ -23,6 +23,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from importlib import resources
 from pathlib import Path
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,6 +38,7 @@ from model.vit import VisionTransformer
 from model.weights import Checkpoint
 from service.engine.card import ModelCard
 from service.engine.precision import Choice, choose_dtype, native_bf16, probe
+from service.engine.text_tower import TextEngine, TokenIds
 from service.settings import BUILTIN_MODEL, Settings
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,8 @@ log = logging.getLogger(__name__)
 # the model's device where it was decoded there: VIT_GPU_DECODE), or float32 (3, S, S) values
 # already normalised (/v2's pixel_values). Nothing between permutes or copies it.
 Image = np.ndarray | torch.Tensor
+# What the batcher queues: an image, or a text as its token ids (a CLIP or SigLIP pair's text tower).
+Input = Image | TokenIds
 
 
 def builtin_path(name: str = BUILTIN_MODEL) -> Path:
@@ -105,6 +109,7 @@ class Engine:
         torch_thread: ThreadPoolExecutor,
         dtype_reason: str = "",
         int8: bool = False,
+        text: TextEngine | None = None,
     ) -> None:
         self.checkpoint = checkpoint
         self.model_id = model_id
@@ -125,6 +130,7 @@ class Engine:
         self._lock = threading.Lock()  # one forward pass at a time, whoever calls
         self.torch_thread = torch_thread  # the thread it was loaded on: see the module docstring
         self.dtype_reason = dtype_reason  # why this dtype (engine/precision.py), for the log and /v1/models
+        self.text = text
         self.card = ModelCard(
             model_id,
             model.cfg,
@@ -136,6 +142,7 @@ class Engine:
             checkpoint.format,
             str(checkpoint.path) if checkpoint.path else None,
             checkpoint.sha256,
+            text=text.card if text is not None else None,
         )
 
     @classmethod
@@ -182,6 +189,9 @@ class Engine:
                 settings.dtype, device, native_bf16(), lambda: probe(ckpt.model, min(8, resolved.max_batch_size), size)
             )
         (log.warning if choice.emulated else log.info)("dtype: %s", choice.reason)
+        text = None
+        if ckpt.format == "huggingface" and ckpt.path is not None and ckpt.path.is_dir():
+            text = TextEngine.load(ckpt.path, ckpt.config.embedding_dim, device, choice.dtype)
         return cls(
             ckpt,
             model_id,
@@ -193,6 +203,7 @@ class Engine:
             torch_thread,
             choice.reason,
             int8,
+            text,
         )
 
     @property
@@ -210,9 +221,14 @@ class Engine:
         """ "float32", "bfloat16", …, or "int8": as settings, metrics and /v1/models spell it."""
         return "int8" if self.int8 else str(self.dtype).removeprefix("torch.")
 
+    def batch_key(self, item: Input) -> int:
+        """Which batches an input may share (the batcher's key): images one, texts by padded length."""
+        return self.text.length_bucket(item) if isinstance(item, tuple) and self.text is not None else 0
+
     @torch.inference_mode()
-    def stage(self, images: Sequence[Image]) -> torch.Tensor:
-        """Images as decoded -> a normalised (B, 3, S, S) batch on the device, as an inference tensor.
+    def stage(self, images: Sequence[Input]) -> torch.Tensor:
+        """Images as decoded -> a normalised (B, 3, S, S) batch on the device, as an inference tensor;
+        texts (a batch shares one key: all texts) -> their (B, T) token ids (engine/text_tower.py).
 
         The one place images are stacked and normalised: uint8 (S, S, 3) pixels are stacked as
         they lie (one copy, into pinned memory on CUDA, copied without blocking: a quarter of the
@@ -222,6 +238,11 @@ class Engine:
         so a batch staged in one mode and padded in the other would recompile a bucket that
         warm-up compiled.
         """
+        if isinstance(images[0], tuple):
+            if self.text is None:
+                raise ValueError("texts were queued for a model without a text tower")
+            return self.text.stage(images)  # type: ignore[arg-type]  # a batch is all texts
+        images = cast(Sequence[Image], images)
         if any(isinstance(image, torch.Tensor) or image.dtype != np.uint8 for image in images):
             return torch.stack([self._stage_one(image) for image in images])  # each on the device first
         size = self.card.image_size
@@ -239,9 +260,13 @@ class Engine:
 
     @torch.inference_mode()
     def forward(self, pixels: torch.Tensor, hidden_layers: Sequence[Layer] = ()) -> BatchOutput:
-        """One forward pass; logits, y and the hidden states asked for come from the same pass.
+        """One forward pass; logits, y and the hidden states asked for come from the same pass
+        (token ids, integers where pixels are floating point: the text tower's embeddings).
         A batch that runs out of device memory is run as two halves (recursively) before
         anything fails: only a single image that does not fit fails, alone."""
+        if not pixels.is_floating_point() and self.text is not None:
+            with self._lock:
+                return BatchOutput(None, self.text.forward(pixels))
         try:
             return self._pass(pixels, hidden_layers)
         except torch.cuda.OutOfMemoryError:
@@ -302,3 +327,5 @@ class Engine:
                 log.info("compiled batch size %d (%d of %d) in %.1f s", size, i + 1, len(self.buckets), seconds)
         if self.compiled:
             self.card = replace(self.card, compiled_buckets=tuple(self.buckets))
+        if self.text is not None:
+            self.text.warmup()

@@ -18,9 +18,9 @@ from typing import Protocol
 import torch
 
 from model.config import Layer
-from service.engine.batcher import Batcher, Image, ItemResult
+from service.engine.batcher import Batcher, ItemResult
 from service.engine.card import ModelCard
-from service.engine.device import Engine
+from service.engine.device import Engine, Input
 from service.engine.device_decode import DeviceDecoder
 from service.metrics import Metrics
 from service.settings import Resolved, Settings
@@ -37,9 +37,10 @@ class EngineHandle(Protocol):
         """False once the engine can no longer compute (its batch loop or its process died)."""
         ...
 
-    async def submit(self, images: Sequence[Image], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
-        """One result per image, from the shared batches; Overloaded, DeadlineExceeded, NotReady
-        or InferenceFailed otherwise. Cancelling the call takes the images out of the queue."""
+    async def submit(self, images: Sequence[Input], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
+        """One result per input (an image, or a text's token ids: see `card.text`), from the
+        shared batches; Overloaded, DeadlineExceeded, NotReady or InferenceFailed otherwise.
+        Cancelling the call takes the inputs out of the queue."""
         ...
 
     async def drain(self, timeout_s: float) -> bool:
@@ -83,7 +84,7 @@ class LocalEngine:
     def running(self) -> bool:
         return self.batcher.running
 
-    async def submit(self, images: Sequence[Image], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
+    async def submit(self, images: Sequence[Input], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
         return await self.batcher.submit(images, deadline, layer)
 
     async def drain(self, timeout_s: float) -> bool:
@@ -107,6 +108,7 @@ def make_batcher(engine: Engine, settings: Settings, resolved: Resolved, metrics
         metrics=metrics,
         max_in_flight=2 if engine.pipelined else 1,
         compute_thread=engine.torch_thread,
+        key=engine.batch_key,
     )
 
 

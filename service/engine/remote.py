@@ -9,9 +9,10 @@ InferenceFailed raised as the engine's batcher raised them; and cancelling the c
 left) cancels the request in the engine, whose images then leave the queue uncomputed.
 
 Pixels and results never cross the socket: they lie in the front-end's `Arena` (shared
-memory), and the socket carries only small JSON messages:
+memory), and the socket carries only small JSON messages (a text's token ids travel in them):
 
-    front-end -> engine   ["submit", id, [[offset, kind], …], deadline, layer]   ["cancel", id]
+    front-end -> engine   ["submit", id, [[offset, kind] | [offset, "t", ids], …], deadline, layer]
+                          ["cancel", id]
     engine -> front-end   ["done", id, null | [error class, message]]
 
 one `done` for every `submit`, cancelled or not, after which the engine no longer touches the
@@ -44,9 +45,9 @@ import torch
 
 from model.config import Layer
 from service.engine.arena import Arena, aligned
-from service.engine.batcher import Batcher, Image, Item, ItemResult
+from service.engine.batcher import Batcher, Item, ItemResult
 from service.engine.card import ModelCard
-from service.engine.device import Engine
+from service.engine.device import Engine, Input
 from service.engine.handle import EngineHandle, EngineSource, LocalEngine
 from service.errors import DeadlineExceeded, NotReady, Overloaded, ServiceError, from_wire, to_wire
 from service.metrics import Metrics
@@ -133,19 +134,27 @@ class Layout:
             offset += _FLOAT.itemsize * self.dim
             arena.array(offset, _FLOAT, (self.tokens, self.width))[...] = result.hidden
 
-    def read(self, arena: Arena, offset: int, layer: Layer | None) -> ItemResult:
+    def read(self, arena: Arena, offset: int, layer: Layer | None, text: bool = False) -> ItemResult:
         """A copy of the results at `offset` (one copy, then views of it): the region is given
-        back right after."""
+        back right after. A text's has no class probabilities."""
         block = arena.array(offset, _FLOAT, (self.result_bytes(layer) // 4,)).copy()
-        probs = block[: self.classes] if self.classes else None
+        probs = block[: self.classes] if self.classes and not text else None
         embedding = block[self.classes : self.classes + self.dim]
         hidden = block[self.classes + self.dim :].reshape(self.tokens, self.width) if layer is not None else None
         return ItemResult(probs, embedding, hidden)
 
 
-# "u": uint8 pixels laid out (S, S, 3), as decoded; "f": a float32 (3, S, S) tensor sent to /v2
-def _kind(image: Image) -> str:
-    return "u" if image.dtype == np.uint8 else "f"
+# "u": uint8 pixels laid out (S, S, 3), as decoded; "f": a float32 (3, S, S) tensor sent to /v2;
+# "t": a text's token ids, which travel in the message
+def _kind(item: Input) -> str:
+    if isinstance(item, tuple):
+        return "t"
+    return "u" if item.dtype == np.uint8 else "f"
+
+
+def _nbytes(item: Input) -> int:
+    """The arena bytes an input's pixels take (a text's ids travel in the message)."""
+    return 0 if isinstance(item, tuple) else item.nbytes
 
 
 def _pixels(arena: Arena, offset: int, kind: str, size: int) -> np.ndarray:
@@ -222,23 +231,26 @@ class EngineClient:
         """None: the GPU is the engine process's, and pixels reach it decoded."""
         return None
 
-    async def submit(self, images: Sequence[Image], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
-        """As Batcher.submit: the images' results, computed by the engine process."""
+    async def submit(self, images: Sequence[Input], deadline: float, layer: Layer | None = None) -> list[ItemResult]:
+        """As Batcher.submit: the inputs' results, computed by the engine process."""
         if not self.running:
             raise NotReady("the engine process is not running")
         now = time.monotonic()
         if deadline <= now:
             raise DeadlineExceeded("the request's deadline passed before it was queued")
         result_bytes = self.layout.result_bytes(layer)
-        sizes = [aligned(max(image.nbytes, result_bytes)) for image in images]
+        kinds = [_kind(image) for image in images]
+        sizes = [aligned(max(_nbytes(image), result_bytes)) for image in images]
         total = sum(sizes)
         start = self.arena.take(total)
         if start is None:
             raise Overloaded("this front-end's shared memory is full; retry shortly")
         offsets = list(itertools.accumulate(sizes[:-1], initial=start))
-        items = []
-        for image, offset in zip(images, offsets, strict=True):
-            kind = _kind(image)
+        items: list[list[Any]] = []
+        for image, offset, kind in zip(images, offsets, kinds, strict=True):
+            if isinstance(image, tuple):
+                items.append([offset, kind, image])
+                continue
             _pixels(self.arena, offset, kind, self.card.image_size)[...] = image  # as it lies: one copy
             items.append([offset, kind])
         loop = asyncio.get_running_loop()
@@ -262,7 +274,8 @@ class EngineClient:
         if outcome is not None:
             raise from_wire(outcome)
         try:
-            return [self.layout.read(self.arena, offset, layer) for offset in offsets]
+            texts = [kind == "t" for kind in kinds]
+            return [self.layout.read(self.arena, at, layer, text) for at, text in zip(offsets, texts, strict=True)]
         finally:
             self.arena.give_back(start, total)
 
@@ -444,13 +457,16 @@ class _FrontEnd:
 
     def _submit(self, request_id: int, items: list[list[Any]], deadline: float, layer: Layer | None) -> None:
         size = self.server.card.image_size
-        images = [_pixels(self.arena, offset, kind, size) for offset, kind in items]  # in place
+        images: list[Input] = [
+            tuple(item[2]) if item[1] == "t" else _pixels(self.arena, item[0], item[1], size)  # pixels in place
+            for item in items
+        ]
         try:
             queued = self.server.batcher.enqueue(images, deadline, layer)
         except ServiceError as exc:
             self.link.send(["done", request_id, to_wire(exc)])
             return
-        request = self._requests[request_id] = _Request(self, request_id, [offset for offset, _ in items], queued)
+        request = self._requests[request_id] = _Request(self, request_id, [item[0] for item in items], queued)
         for item in queued:
             item.future.add_done_callback(request.item_done)
 

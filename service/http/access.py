@@ -58,7 +58,7 @@ async def admit(request: Request) -> AsyncIterator[Serving]:
         raise NotReady(f"the service is {status}")
     state.admitted += 1
     try:
-        yield Serving(state.settings, resolved, state.metrics, engine, pool)
+        yield Serving(state.settings, resolved, state.metrics, engine, pool, state.texts)
     finally:
         state.admitted -= 1
 

@@ -1,4 +1,4 @@
-"""Request bodies -> image bytes and parameters (docs/API.md, Sending images), within limits.
+"""Request bodies -> image bytes (or texts) and parameters (docs/API.md, Sending images), within limits.
 
 The body is read as a stream, within the request's deadline, and refused with 413 as soon as
 it passes the limit, so an oversized upload is never held in memory whole. Counts are checked
@@ -25,6 +25,7 @@ from starlette.requests import ClientDisconnect, Request
 
 from service.errors import (
     ClientDisconnected,
+    InvalidParameter,
     InvalidRequest,
     PayloadTooLarge,
     RequestTimeout,
@@ -45,9 +46,13 @@ _DATA_URL = re.compile(r"^data:image/[a-z0-9.+-]+;base64,", re.IGNORECASE)
 
 @dataclass
 class ParsedInput:
-    images: list[bytes]
+    inputs: list[bytes | str]  # image files, or texts (JSON `texts`; OpenAI `input` strings that are texts)
     params: dict[str, Any] = field(default_factory=dict)  # body fields of the JSON form
-    openai: bool = False  # the images came as OpenAI's embeddings `input`
+    openai: bool = False  # the inputs came as OpenAI's embeddings `input`
+
+    @property
+    def texts(self) -> bool:
+        return any(isinstance(item, str) for item in self.inputs)
 
 
 async def read_body(request: Request, limit: int, deadline: float) -> bytes:
@@ -136,9 +141,11 @@ def _has_lone_surrogate(data: Any) -> bool:
     return False
 
 
-async def read_images(request: Request, settings: Settings, deadline: float) -> ParsedInput:
-    """The body's images and parameters, in any of /v1's three forms, read by `deadline` and
-    split by its Content-Type, counted before anything is decoded."""
+async def read_images(request: Request, settings: Settings, deadline: float, texts: bool = False) -> ParsedInput:
+    """The body's images (or JSON `texts`) and parameters, in any of /v1's three forms, read by
+    `deadline` and split by its Content-Type, counted before anything is decoded. With `texts`
+    (a model with a text tower), OpenAI `input` strings that are not data: URLs are texts;
+    without, they are base64 images, as before texts were served."""
     max_body, max_images, max_json_values = (
         settings.max_body_bytes,
         settings.max_images_per_request,
@@ -157,19 +164,20 @@ async def read_images(request: Request, settings: Settings, deadline: float) -> 
     if media_type == "multipart/form-data":
         parsed = _multipart(content_type, body, max_images)
     elif media_type == "application/json":
-        parsed = await parse_off_loop(lambda: _json(load_json(body, max_json_values), max_images), len(body))
+        parsed = await parse_off_loop(lambda: _json(load_json(body, max_json_values), max_images, texts), len(body))
     else:
         parsed = ParsedInput([body])
-    if not parsed.images:
+    if not parsed.inputs:
         raise InvalidRequest("the request holds no image")
-    check_image_count(len(parsed.images), max_images)
+    check_image_count(len(parsed.inputs), max_images)
     return parsed
 
 
 def check_image_count(count: int, limit: int) -> None:
-    """413 for more images in one request than VIT_MAX_IMAGES_PER_REQUEST, whatever form they came in."""
+    """413 for more images (or texts) in one request than VIT_MAX_IMAGES_PER_REQUEST, whatever
+    form they came in."""
     if count > limit:
-        raise PayloadTooLarge(f"{count} images in one request; the limit is {limit}")
+        raise PayloadTooLarge(f"{count} inputs in one request; the limit is {limit} (VIT_MAX_IMAGES_PER_REQUEST)")
 
 
 class _MultipartCollector:
@@ -235,23 +243,44 @@ def _multipart(content_type: str, body: bytes, max_images: int) -> ParsedInput:
         parser.finalize()
     except (MultipartParseError, ValueError) as exc:
         raise InvalidRequest(f"malformed multipart body: {exc}") from None
-    return ParsedInput(collector.images)
+    return ParsedInput(list(collector.images))
 
 
-def _json(data: Any, max_images: int) -> ParsedInput:
+def _json(data: Any, max_images: int, texts: bool) -> ParsedInput:
     if not isinstance(data, dict):
         raise InvalidRequest('expected a JSON object: {"images": ["<base64>", ...]}')
-    key = "input" if "input" in data and "images" not in data else "images"
-    images = data.get(key)
-    if key == "input" and isinstance(images, str):
-        images = [images]  # OpenAI's `input` may be one string
-    if not isinstance(images, list):
-        raise InvalidRequest(f'"{key}" must be a list of base64 strings or data URLs')
-    check_image_count(len(images), max_images)  # before any per-image work
-    if not all(isinstance(x, str) for x in images):
-        raise InvalidRequest(f'"{key}" must be a list of base64 strings or data URLs')
+    key = next((k for k in ("images", "texts", "input") if k in data), "images")
+    items = data.get(key)
+    if key == "input" and isinstance(items, str):
+        items = [items]  # OpenAI's `input` may be one string
+    what = "strings (texts)" if key == "texts" else "strings (texts, or images as data: URLs)" if texts else None
+    what = what or "base64 strings or data URLs"
+    if not isinstance(items, list):
+        raise InvalidRequest(f'"{key}" must be a list of {what}')
+    check_image_count(len(items), max_images)  # before any per-item work
+    if not all(isinstance(x, str) for x in items):
+        raise InvalidRequest(f'"{key}" must be a list of {what}')
     params = {k: v for k, v in data.items() if k != key}
-    return ParsedInput([decode_base64(x, i, key) for i, x in enumerate(images)], params, openai=key == "input")
+    if key == "texts":
+        return ParsedInput(list(items), params)
+    if key == "input":
+        return ParsedInput([_openai_input(x, i, texts) for i, x in enumerate(items)], params, openai=True)
+    return ParsedInput([decode_base64(x, i, key) for i, x in enumerate(items)], params)
+
+
+def _openai_input(text: str, index: int, texts: bool) -> bytes | str:
+    """An OpenAI `input` string: a data: URL is an image; another string is a text where the
+    model has a text tower, and a base64 image where it has not."""
+    if _DATA_URL.match(text):
+        return decode_base64(text, index, "input")
+    if texts:
+        return text
+    try:
+        return decode_base64(text, index, "input")
+    except InvalidRequest:
+        raise InvalidParameter(
+            f"input[{index}] is neither a data: URL nor base64; it would be a text, and this model has no text tower"
+        ) from None
 
 
 def _reject_constant(name: str) -> None:

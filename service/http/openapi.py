@@ -1,6 +1,7 @@
 """/openapi.json that tells the truth: what this service, with these settings and this model,
 accepts, so that a client generated from it, or a fuzzer, never meets a refusal the schema
-did not announce (docs/API.md, OpenAPI).
+did not announce (docs/API.md, OpenAPI). What only a text tower takes (texts, zero-shot labels:
+marked TEXT_TOWER) is left out for a model without one.
 
 FastAPI's schema knows the routes; the rest is known only here: the bearer scheme when
 VIT_API_KEYS is set (keys are checked in service/http/access.py, not by a FastAPI dependency
@@ -21,7 +22,7 @@ from fastapi.openapi.utils import get_openapi
 
 from service.engine import ModelCard
 from service.http.access import BEARER
-from service.http.params import model_bounds
+from service.http.params import TEXT_TOWER, model_bounds
 from service.settings import Settings
 
 
@@ -36,9 +37,14 @@ def openapi(app: FastAPI, settings: Settings, card: ModelCard | None) -> dict[st
         for operation in _operations(schema):
             operation.pop("security", None)
     for operation in _operations(schema):
+        if card is not None and card.text is None:
+            _drop_text_parts(operation)
+        query = {p["name"]: p["schema"] for p in operation.get("parameters", []) if p["in"] == "query"}
         for fields in _body_fields(operation):
-            for name in ("images", "input", "image"):
+            for name in ("images", "input", "image", "texts"):
                 _bound(fields.get(name), "array", maxItems=settings.max_images_per_request)
+        for fields in [query, *_body_fields(operation)]:
+            _bound(fields.get("labels"), "array", maxItems=settings.max_labels)
         if card is not None:
             _bound_to_model(operation, card)
     if card is not None:
@@ -51,6 +57,25 @@ def _bound_to_model(operation: dict[str, Any], card: ModelCard) -> None:
     for properties in [*fields, *_body_fields(operation)]:
         for name, (low, high) in model_bounds(card.cfg).items():
             _bound(properties.get(name), "integer", minimum=low, maximum=high)
+
+
+def _drop_text_parts(node: Any) -> None:
+    """Remove, everywhere under `node`, each schema, property or parameter marked TEXT_TOWER."""
+
+    def marked(value: Any) -> bool:
+        return isinstance(value, dict) and bool(value.get(TEXT_TOWER) or value.get("schema", {}).get(TEXT_TOWER))
+
+    if isinstance(node, dict):
+        for key in [key for key, value in node.items() if marked(value)]:
+            del node[key]
+        children = list(node.values())
+    elif isinstance(node, list):
+        node[:] = [value for value in node if not marked(value)]
+        children = node
+    else:
+        return
+    for child in children:
+        _drop_text_parts(child)
 
 
 def _operations(schema: dict[str, Any]) -> Iterator[dict[str, Any]]:

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from service import schemas
+from service.engine.card import TextCard
 from service.http.access import ERRORS, SECURED, admit, state_of
 from service.pipeline import Serving
 
@@ -49,6 +50,19 @@ def model_entry(serving: Serving) -> dict[str, Any]:
         "compiled_batch_sizes": list(card.compiled_buckets),
         "max_batch_size": serving.resolved.max_batch_size,
         "max_wait_ms": serving.settings.max_wait_ms,
+        "text": _text_entry(card.text),
+    }
+
+
+def _text_entry(text: TextCard | None) -> dict[str, Any] | None:
+    if text is None:
+        return None
+    return {
+        "tokenizer": text.tokenizer,
+        "max_tokens": text.max_tokens,
+        "padding": "max_length" if text.pad_to else "longest",
+        "dim": text.dim,
+        "similarity": text.similarity,
     }
 
 

@@ -19,7 +19,7 @@ import functools
 import re
 import time
 from collections.abc import Callable, Mapping
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -27,6 +27,7 @@ from model.config import ViTConfig
 from service.engine.card import ModelCard
 from service.errors import InvalidParameter, invalid_parameter
 from service.settings import Settings
+from service.texts import MAX_TEXT_CHARS
 
 _INTEGER = re.compile(r"-?[0-9]{1,18}")
 # A positive decimal: a nonzero digit before the point, or after it (the OpenAPI schema says the same).
@@ -63,11 +64,30 @@ def parse_seconds(name: str, text: str | None) -> float | None:
 
 
 _STRICT = ConfigDict(extra="forbid", strict=True)
+# Marks a part of the OpenAPI schema that only a model with a text tower accepts: the served
+# schema leaves it out for any other (service/http/openapi.py).
+TEXT_TOWER = "x-text-tower"
 
 
 class ClassifyParams(BaseModel):
     model_config = _STRICT
-    top_k: int | None = Field(None, ge=1, description="predictions per image: 1 … classes (default: 5, or classes)")
+    top_k: int | None = Field(
+        None, ge=1, description="predictions per image: 1 … classes (default: 5, or classes; zero-shot: every label)"
+    )
+    labels: list[Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=r"\S")]] | None = Field(
+        None,
+        min_length=1,
+        description="zero-shot labels (a CLIP or SigLIP pair), scored as transformers' zero-shot-image-classification"
+        " pipeline scores them; repeat the query parameter for each (at most VIT_MAX_LABELS)",
+        json_schema_extra={TEXT_TOWER: True},
+    )
+    template: str | None = Field(
+        None,
+        max_length=MAX_TEXT_CHARS,
+        pattern=r"^[^{}]*\{\}[^{}]*$",  # filled as the pipeline fills it (str.format): then a replacement
+        description='the text each label is put in, at its one "{}" (default: "This is a photo of {}.")',
+        json_schema_extra={TEXT_TOWER: True},
+    )
 
 
 class EmbeddingParams(BaseModel):
@@ -109,12 +129,25 @@ def _json_types(model: type[BaseModel]) -> dict[str, list[str]]:
     return types
 
 
-def from_query(model: type[BaseModel], query: Mapping[str, str]) -> dict[str, Any]:
-    """The query parameters `model` declares, as the JSON values they spell (others are ignored);
-    a spelling that is not one, or a value out of its bounds, is a 422 naming it, before the body
-    is read (even where a body field would override it: every value given is valid)."""
-    values = {}
+class Query(Protocol):
+    """A query string's parameters (starlette's QueryParams): the last value of a name, or all."""
+
+    def get(self, key: str) -> str | None: ...
+
+    def getlist(self, key: str) -> list[str]: ...
+
+
+def from_query(model: type[BaseModel], query: Query) -> dict[str, Any]:
+    """The query parameters `model` declares, as the JSON values they spell (others are ignored;
+    a list is its name repeated); a spelling that is not one, or a value out of its bounds, is a
+    422 naming it, before the body is read (even where a body field would override it: every
+    value given is valid)."""
+    values: dict[str, Any] = {}
     for name, kinds in _json_types(model).items():
+        if kinds[0] == "array":
+            if listed := query.getlist(name):
+                values[name] = listed
+            continue
         text = query.get(name)
         if text is not None:
             try:

@@ -1,6 +1,6 @@
 """Weaviate's inference contract under /weaviate, so that its modules use vit-serve unchanged:
-img2vec-neural (`IMAGE_INFERENCE_API=http://vit-serve:8000/weaviate`: `/vectors`) and the image
-half of multi2vec-clip (`CLIP_INFERENCE_API=…/weaviate`: `/vectorize`), with the readiness probes
+img2vec-neural (`IMAGE_INFERENCE_API=http://vit-serve:8000/weaviate`: `/vectors`) and multi2vec-clip
+(`CLIP_INFERENCE_API=…/weaviate`: `/vectorize`, texts too for a CLIP or SigLIP pair), with the readiness probes
 and `/meta` their containers answer. Vectors are the model's embeddings, L2-normalised, as the
 reference containers return them, computed in the shared batches; errors are `{"error": message}`
 with a 4xx (docs/API.md, Weaviate).
@@ -8,13 +8,15 @@ with a 4xx (docs/API.md, Weaviate).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from service import schemas
-from service.errors import InvalidParameter, NotReady
+from service.engine.text_tower import TokenIds
+from service.errors import NotReady
 from service.http.access import SECURED, admit, state_of
 from service.http.inputs import (
     M,
@@ -28,8 +30,8 @@ from service.http.inputs import (
 )
 from service.http.ops import model_entry
 from service.http.params import deadline_of
-from service.http.v1 import require_embedding, unit
-from service.pipeline import Serving, compute
+from service.http.v1 import require_embedding
+from service.pipeline import Serving, compute, unit
 
 router = APIRouter(
     prefix="/weaviate",
@@ -60,8 +62,7 @@ class VectorsResponse(BaseModel):
 
 class VectorizeRequest(BaseModel):
     model_config = _STRICT
-    # Go's nil slice is null; texts need a text tower, not served yet: none may be sent
-    texts: list[str] | None = Field(None, json_schema_extra={"maxItems": 0})
+    texts: list[str] | None = None  # Go's nil slice is null
     images: list[Annotated[str, _IMAGE]] | None = None
 
 
@@ -105,17 +106,17 @@ async def vectors(request: Request) -> dict[str, Any]:
 
 @router.post("/vectorize", response_model=VectorizeResponse, openapi_extra=SECURED | _body(VectorizeRequest))
 async def vectorize(request: Request) -> dict[str, Any]:
-    """multi2vec-clip: the images' vectors; texts need a text tower, which is not served yet."""
+    """multi2vec-clip: the texts' and the images' vectors (texts need a CLIP or SigLIP pair: 422)."""
     async with admit(request) as serving:
         deadline = deadline_of(request.headers, serving.settings)
         body = await _read(request, serving, deadline, VectorizeRequest)
-        if body.texts:
-            raise InvalidParameter("texts cannot be vectorized: this service embeds images only")
-        images = body.images or []
-        check_image_count(len(images), serving.settings.max_images_per_request)
+        texts, images = body.texts or [], body.images or []
+        check_image_count(len(texts) + len(images), serving.settings.max_images_per_request)
+        ids = await serving.require_texts("texts").tokenize(texts) if texts else []
         data = [decode_base64(image, i) for i, image in enumerate(images)]
-        unit = await _vectors(request, serving, "/weaviate/vectorize", data, deadline) if data else []
-    return {"textVectors": [], "imageVectors": unit}
+        inputs: list[bytes | TokenIds] = [*ids, *data]
+        vectors = await _vectors(request, serving, "/weaviate/vectorize", inputs, deadline) if inputs else []
+    return {"textVectors": vectors[: len(ids)], "imageVectors": vectors[len(ids) :]}
 
 
 async def _read(request: Request, serving: Serving, deadline: float, model: type[M]) -> M:
@@ -124,9 +125,9 @@ async def _read(request: Request, serving: Serving, deadline: float, model: type
 
 
 async def _vectors(
-    request: Request, serving: Serving, endpoint: str, images: list[bytes], deadline: float
+    request: Request, serving: Serving, endpoint: str, images: Sequence[bytes | TokenIds], deadline: float
 ) -> list[list[float]]:
-    """The images' embeddings, each scaled to unit length."""
+    """The images' (and texts') embeddings, each scaled to unit length."""
     require_embedding(serving.card)
     results = await compute(serving, endpoint, images, deadline, None, client_gone(request), peer(request))
     return [unit(result.embedding).tolist() for result in results]

@@ -21,13 +21,11 @@ from model.vit import Attention
 from model.weights import CheckpointError
 from tests.families import (
     CASES,
-    _clip_processor,
+    PAIRS,
     _scrambled,
-    _siglip_processor,
     _text,
     _vision,
-    clip_tokenizer,
-    siglip_tokenizer,
+    save_pair,
 )
 from tests.images import encode, photo
 
@@ -114,26 +112,11 @@ def test_a_text_tower_that_does_not_fit_is_refused_naming_the_keys(tmp_path: Pat
         load_hf_text(tmp_path)
 
 
-@pytest.mark.parametrize("family", ["clip", "siglip"])
+@pytest.mark.parametrize("family", PAIRS)
 def test_zero_shot_scores_are_the_transformers_pipelines(family: str, tmp_path: Path) -> None:
     """Image tower, tokenizer, text tower and similarity together, against transformers'
     zero-shot-image-classification pipeline on the same directory, image, labels and template."""
-    if family == "clip":
-        tokenizer, processor = clip_tokenizer(), _clip_processor()
-        special = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
-        text_config = _clip_text(vocab_size=len(tokenizer), **special)
-        model = T.CLIPModel(T.CLIPConfig(text_config=text_config, vision_config=_vision(), projection_dim=16))
-    else:
-        tokenizer, processor = siglip_tokenizer(tmp_path), _siglip_processor()
-        text_config = {**_text(), "vocab_size": len(tokenizer)}
-        model = T.SiglipModel(T.SiglipConfig(text_config=text_config, vision_config=_vision()))
-    model = _scrambled(model, 31)
-    with torch.no_grad():  # scores of a few tenths, not SigLIP's initial sigmoid(-10)
-        model.logit_scale.fill_(1.6)
-        if family == "siglip":
-            model.logit_bias.fill_(0.2)
-    for part in (model, processor, tokenizer):
-        part.save_pretrained(tmp_path)
+    save_pair(family, tmp_path)
     labels, image = ["cat", "dog", "plane", "a photo of a lazy dog!"], photo()
     pipeline = T.pipeline("zero-shot-image-classification", model=str(tmp_path))
     expected = {answer["label"]: answer["score"] for answer in pipeline(image, candidate_labels=labels)}
@@ -145,9 +128,8 @@ def test_zero_shot_scores_are_the_transformers_pipelines(family: str, tmp_path: 
     with torch.inference_mode():
         pixels = load_image(encode(image, "PNG"), checkpoint.model.cfg.image_size, checkpoint.preprocess)
         embedding = checkpoint.model(normalize(pixels[None], checkpoint.preprocess.mean, checkpoint.preprocess.std))
-        tokens = text_tokenizer(
-            [f"This is a photo of {label}." for label in labels], 64 if family == "siglip" else None
-        )
+        siglip = family != "clip"  # as the pipeline calls it: padded to its full length, with the mask
+        tokens = text_tokenizer([f"This is a photo of {label}." for label in labels], 64 if siglip else None)
         scores = loaded.similarity.scores(embedding.embedding, loaded.model(tokens.ids, tokens.mask))[0]
     assert 0.05 < max(expected.values()) < 0.95  # scores that say something
     for label, score in zip(labels, scores.tolist(), strict=True):

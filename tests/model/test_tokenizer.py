@@ -9,7 +9,7 @@ import pytest
 
 from model.tokenizer import TextTokenizer
 from model.weights import CheckpointError
-from tests.families import clip_tokenizer, siglip_tokenizer
+from tests.families import clip_tokenizer, siglip2_tokenizer, siglip_tokenizer
 
 TEXTS = [
     "A photo of a CAT!",
@@ -55,3 +55,12 @@ def test_the_tower_bounds_the_length_where_the_tokenizer_does_not(tmp_path: Path
 def test_a_directory_without_a_tokenizer_is_refused(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match=r"no tokenizer\.json or spiece\.model"):
         TextTokenizer.from_dir(tmp_path, context_length=77)
+
+
+def test_siglip2_ids_and_left_padding_are_transformers(tmp_path: Path) -> None:
+    reference = siglip2_tokenizer(tmp_path)
+    tokens = TextTokenizer.from_dir(tmp_path, context_length=64)(TEXTS, pad_to=64)
+    expected = reference(TEXTS, padding="max_length", max_length=64, truncation=True, return_tensors="pt")
+    assert tokens.ids.tolist() == expected["input_ids"].tolist()
+    assert tokens.mask.tolist() == expected["attention_mask"].tolist()
+    assert tokens.ids[0, 0] == reference.pad_token_id and tokens.ids[0, -1] == reference.eos_token_id  # on the left
