@@ -30,7 +30,7 @@ async def serving() -> AsyncIterator[Serving]:
     state = ServiceState(tiny_settings())
     await lifecycle.start(state, in_process())
     assert state.engine is not None and state.resolved is not None and state.decode_pool is not None
-    yield Serving(state.settings, state.resolved, state.metrics, state.engine, state.decode_pool)
+    yield Serving(state.settings, state.resolved, state.metrics, state.engine, state.decode_pool, state.texts)
     state.decode_pool.close()
     assert isinstance(state.engine, LocalEngine)
     await state.engine.batcher.close()

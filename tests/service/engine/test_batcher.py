@@ -297,3 +297,20 @@ async def test_a_dead_batch_loop_fails_its_queue_and_stops_running() -> None:
     await asyncio.sleep(0.01)
     assert not batcher.running and isinstance(batcher.failure, RuntimeError)
     await batcher.close()
+
+
+async def test_a_batch_holds_one_key_and_the_others_keep_their_place_in_the_queue() -> None:
+    """Texts of another padded length (another key) never share an image's batch: the first waiting
+    item's key forms the batch, in order, and the rest wait where they were."""
+    model = FakeModel()
+    model.gate.clear()
+    batcher = make(model, max_batch_size=4, adaptive=False, key=lambda image: int(image[0, 0, 0]) % 2)
+    blocker = asyncio.create_task(batcher.submit([image(100)], later()))
+    await asyncio.sleep(0.1)  # the first batch runs (held by the gate); the rest queue behind it
+    tasks = [asyncio.create_task(batcher.submit([image(i)], later())) for i in range(1, 8)]
+    await asyncio.sleep(0.1)
+    model.gate.set()
+    results = await asyncio.gather(blocker, *tasks)
+    assert [r[0].embedding.item() for r in results] == [100, *range(1, 8)]
+    assert model.batches[1:] == [[1, 3, 5, 7], [2, 4, 6]]  # odd first (the first waiting), then even
+    await batcher.close()

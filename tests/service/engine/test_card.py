@@ -9,7 +9,7 @@ import pytest
 
 from model.config import preset
 from model.preprocess import PreprocessConfig
-from service.engine.card import ModelCard
+from service.engine.card import ModelCard, TextCard
 
 
 def card(**cfg_changes: object) -> ModelCard:
@@ -50,3 +50,10 @@ def test_the_device_type_is_what_settings_resolve_by() -> None:
 )
 def test_what_the_embedding_is_for_each_head(changes: dict, meaning: str) -> None:
     assert meaning in card(**changes).embedding_meaning
+
+
+def test_a_card_with_a_text_tower_crosses_unchanged() -> None:
+    text = TextCard("spiece.model", 64, 64, 32, "sigmoid", 10.5, -2.25)
+    original = dataclasses.replace(card(), text=text)
+    crossed = ModelCard.from_json(original.to_json())
+    assert crossed == original and crossed.text == text

@@ -47,7 +47,7 @@ async def started(**settings: object) -> AsyncIterator[Serving]:
     await loader
     assert state.engine is not None and state.resolved is not None and state.decode_pool is not None
     try:
-        yield Serving(state.settings, state.resolved, state.metrics, state.engine, state.decode_pool)
+        yield Serving(state.settings, state.resolved, state.metrics, state.engine, state.decode_pool, state.texts)
     finally:
         await lifecycle.stop(state, loader)
 

@@ -21,6 +21,7 @@ from service.engine.remote import EngineClient, EngineServer, engine_process
 from service.errors import DeadlineExceeded, NotReady, Overloaded
 from service.metrics import Metrics
 from service.settings import Settings
+from tests.families import save_pair
 from tests.images import encode, gradient, normalised, pixels
 from tests.service.servers import ControlledEngine, controlled, tiny_settings, until
 
@@ -193,3 +194,16 @@ def test_settings_size_the_engine_and_the_decoders_by_the_workers() -> None:
     assert (two.engine_threads, two.decode_processes) == (6, 4)
     small = Settings(_env_file=None, workers=2).resolve("cpu", cores=2)
     assert (small.engine_threads, small.decode_processes) == (1, 2)
+
+
+async def test_texts_cross_as_token_ids_and_equal_the_in_process_results(tmp_path: Path) -> None:
+    save_pair("clip", tmp_path / "clip")
+    async with remote(tmp_path, checkpoint=str(tmp_path / "clip")) as r:
+        texts = [(0, 5, 9, 1), (0, 7, 1), (0, *range(3, 30), 1)]  # two length buckets
+        mixed = [texts[0], pixels(1), texts[1], texts[2]]
+        here = await r.batcher.submit(mixed, soon())
+        there = await r.client.submit(mixed, soon())
+        for a, b in zip(here, there, strict=True):
+            assert np.array_equal(a.embedding, b.embedding)
+            assert a.probs is None and b.probs is None  # a CLIP pair has no head; a text never has scores
+        assert r.client.arena.free_bytes == r.client.arena.size

@@ -45,7 +45,7 @@ def soon() -> float:
 
 async def test_a_raw_body_is_one_image() -> None:
     parsed = await read_images(request(PNG, "image/png", chunks=3), tiny_settings(), soon())
-    assert parsed.images == [PNG] and parsed.params == {} and not parsed.openai
+    assert parsed.inputs == [PNG] and parsed.params == {} and not parsed.openai
 
 
 async def test_multipart_parts_named_image_are_the_images_in_order() -> None:
@@ -60,17 +60,17 @@ async def test_multipart_parts_named_image_are_the_images_in_order() -> None:
     )
     body = parts + f"--{boundary}--\r\n".encode()
     parsed = await read_images(request(body, f"multipart/form-data; boundary={boundary}"), tiny_settings(), soon())
-    assert parsed.images == [PNG + bytes([i]) for i in range(3)]
+    assert parsed.inputs == [PNG + bytes([i]) for i in range(3)]
 
 
 async def test_json_carries_base64_and_data_urls_and_its_fields_are_parameters() -> None:
     encoded = base64.b64encode(PNG).decode()
     body = json.dumps({"images": [encoded, f"data:image/png;base64,{encoded}"], "top_k": 3}).encode()
     parsed = await read_images(request(body, "application/json"), tiny_settings(), soon())
-    assert parsed.images == [PNG, PNG] and parsed.params == {"top_k": 3} and not parsed.openai
+    assert parsed.inputs == [PNG, PNG] and parsed.params == {"top_k": 3} and not parsed.openai
     openai = json.dumps({"model": "m", "input": [f"data:image/png;base64,{encoded}"]}).encode()
     parsed = await read_images(request(openai, "application/json"), tiny_settings(), soon())
-    assert parsed.images == [PNG] and parsed.openai
+    assert parsed.inputs == [PNG] and parsed.openai
 
 
 async def test_an_unknown_content_type_is_refused_before_the_body_is_read() -> None:

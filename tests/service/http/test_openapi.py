@@ -5,10 +5,12 @@ keys: tests/service/http/test_access.py.)"""
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from service.app import create_app
 from service.engine import Engine
+from service.engine.card import TextCard
 from service.engine.handle import in_process
 from service.http.openapi import openapi
 from tests.service.servers import tiny_settings
@@ -61,3 +63,17 @@ def test_without_keys_no_operation_asks_for_one() -> None:
     served = schema()
     assert "securitySchemes" not in served.get("components", {})
     assert all("security" not in op for methods in served["paths"].values() for op in methods.values())
+
+
+def test_texts_and_labels_are_in_the_schema_only_for_a_model_with_a_text_tower() -> None:
+    vision = schema()
+    assert {"labels", "template"}.isdisjoint(query(vision, "/v1/classify"))
+    forms = vision["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert [sorted(form["required"]) for form in forms] == [["images"], ["input", "model"]]
+    assert "x-text-tower" not in str(vision)
+    text = TextCard("tokenizer.json", 77, None, 48, "softmax", 100.0, 0.0)
+    paired = openapi(create_app(SETTINGS, in_process()), SETTINGS, dataclasses.replace(CARD, text=text))
+    labels = query(paired, "/v1/classify")["labels"]["anyOf"][0]
+    assert labels["maxItems"] == SETTINGS.max_labels and labels["items"]["pattern"] == r"\S"
+    forms = paired["paths"]["/v1/embeddings"]["post"]["requestBody"]["content"]["application/json"]["schema"]["oneOf"]
+    assert forms[1]["properties"]["texts"]["maxItems"] == 7
