@@ -37,14 +37,14 @@ def openapi(app: FastAPI, settings: Settings, card: ModelCard | None) -> dict[st
         for operation in _operations(schema):
             operation.pop("security", None)
     for operation in _operations(schema):
-        if card is not None and card.text is None:
-            _drop_text_parts(operation)
         query = {p["name"]: p["schema"] for p in operation.get("parameters", []) if p["in"] == "query"}
         for fields in _body_fields(operation):
             for name in ("images", "input", "image", "texts"):
                 _bound(fields.get(name), "array", maxItems=settings.max_images_per_request)
         for fields in [query, *_body_fields(operation)]:
             _bound(fields.get("labels"), "array", maxItems=settings.max_labels)
+        if card is not None and card.text is None:
+            _drop_text_parts(operation)
         if card is not None:
             _bound_to_model(operation, card)
     if card is not None:
@@ -60,9 +60,13 @@ def _bound_to_model(operation: dict[str, Any], card: ModelCard) -> None:
 
 
 def _drop_text_parts(node: Any) -> None:
-    """Remove, everywhere under `node`, each schema, property or parameter marked TEXT_TOWER."""
+    """Remove, everywhere under `node`, each schema, property or parameter marked TEXT_TOWER; one
+    marked "empty" (a field a client always sends, as Weaviate's `texts`) may hold no item."""
 
     def marked(value: Any) -> bool:
+        if isinstance(value, dict) and value.get(TEXT_TOWER) == "empty":
+            _bound(value, "array", maxItems=0)
+            return False
         return isinstance(value, dict) and bool(value.get(TEXT_TOWER) or value.get("schema", {}).get(TEXT_TOWER))
 
     if isinstance(node, dict):

@@ -29,9 +29,10 @@ from service.http.inputs import (
     read_body,
 )
 from service.http.ops import model_entry
-from service.http.params import deadline_of
+from service.http.params import TEXT_TOWER, deadline_of
 from service.http.v1 import require_embedding
 from service.pipeline import Serving, compute, unit
+from service.texts import MAX_TEXT_CHARS
 
 router = APIRouter(
     prefix="/weaviate",
@@ -62,7 +63,10 @@ class VectorsResponse(BaseModel):
 
 class VectorizeRequest(BaseModel):
     model_config = _STRICT
-    texts: list[str] | None = None  # Go's nil slice is null
+    # Go's nil slice is null; without a text tower, none may be sent
+    texts: list[Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=r"\S")]] | None = Field(
+        None, json_schema_extra={TEXT_TOWER: "empty"}
+    )
     images: list[Annotated[str, _IMAGE]] | None = None
 
 
