@@ -2,9 +2,9 @@
 front-end tokenized them: service/texts.py) and leave as embeddings, in forward passes of their
 own within the same batches' queue as images (service/engine/batcher.py).
 
-Texts are batched by their padded length (`length_bucket`), so that a batch of short captions
-is not padded to the longest text the tower reads. CLIP's tower is causal and pools at the
-end-of-text token, so what follows it (padding) changes nothing: a text is padded to its bucket.
+Texts are batched by length (`length_bucket`), so that a batch of short captions is not padded
+to the longest text the tower reads. CLIP's tower is causal and pools at the end-of-text token,
+so what follows it (padding) changes nothing: a batch is padded to its longest text.
 SigLIP's pools the last position, a padding token's, under its tokenizer's attention mask, as
 transformers' pipeline calls it: every text is padded to the tower's full length, one bucket.
 """
@@ -74,8 +74,8 @@ class TextEngine:
         return cls(tower, TextTokenizer.from_dir(path, tower.model.cfg.context_length), file, device, dtype)
 
     def length_bucket(self, ids: TokenIds) -> int:
-        """The length a text is padded to in its batch: SigLIP's full length; for CLIP the next
-        power of two from 8, or the tower's longest."""
+        """Which texts may share a batch: SigLIP's all (padded to its full length); CLIP's by
+        length, up to the next power of two from 8 (or the tower's longest)."""
         if self.pad_to is not None:
             return self.pad_to
         bucket = _SHORTEST_BUCKET
@@ -87,7 +87,7 @@ class TextEngine:
         """Token ids -> a (B, 2, T) int64 batch on the device: each text's ids and attention mask,
         padded as the tokenizer pads (SigLIP2's on the left). One tensor, so that the batcher
         can drop a departed client's rows from it as from pixels."""
-        length = max(self.length_bucket(ids) for ids in texts)
+        length = self.pad_to or max(map(len, texts))
         ids, mask = self.tokenizer.pad(texts, length), self.tokenizer.pad([(1,) * len(ids) for ids in texts], length, 0)
         return torch.stack([ids, mask], dim=1).to(self.device, non_blocking=True)
 
