@@ -26,13 +26,15 @@ from tests.service.servers import live_server, server_process, tiny_settings
 TEXTS = ["a photo of a cat", "dog", "A Lazy DOG, jumping!", "the quick brown fox " * 40]  # the last is truncated
 LABELS = ["cat", "dog", "plane", "a photo of a lazy dog!"]
 IMAGE = photo()
+PNG = {"content-type": "image/png"}
 
 
 @pytest.fixture(scope="module", params=PAIRS)
 def served(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple]:
     path: Path = tmp_path_factory.mktemp(request.param)
     model = save_pair(request.param, path)
-    with live_server(tiny_settings(checkpoint=str(path), max_images_per_request=8)) as (url, _):
+    settings = tiny_settings(checkpoint=str(path), max_images_per_request=8, max_queue_size=8)
+    with live_server(settings) as (url, _):
         yield request.param, path, model, url
 
 
@@ -228,3 +230,22 @@ def test_a_server_process_embeds_texts_and_scores_labels(tmp_path: Path) -> None
         )
         for p in r.json()["results"][0]["predictions"]:
             assert p["score"] == pytest.approx(scores[p["label"]], abs=1e-5)
+
+
+def test_more_labels_than_a_request_may_hold_inputs_are_embedded_in_turns(served) -> None:
+    """20 labels not yet cached, where a request holds at most 8 inputs and the queue 8: embedded 8
+    at a time (all at once, the queue would refuse them)."""
+    _, path, _, url = served
+    labels = [f"a {word} number {i}" for i, word in enumerate(["red", "big", "odd", "new"] * 5)]
+    texts_before = texts_embedded(url)
+    r = httpx.post(f"{url}/v1/classify", params={"labels": labels}, content=encode(IMAGE), headers=PNG)
+    assert r.status_code == 200, r.text
+    want = pipeline_scores(path, labels)
+    for p in r.json()["results"][0]["predictions"]:
+        assert p["score"] == pytest.approx(want[p["label"]], abs=1e-5)
+    assert texts_embedded(url) - texts_before == 20
+
+
+def texts_embedded(url: str) -> float:
+    found = re.search(r'^vit_texts_total\{endpoint="/v1/classify"\} (\S+)$', httpx.get(f"{url}/metrics").text, re.M)
+    return float(found[1]) if found else 0.0
