@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from pydantic import BaseModel
 from starlette.requests import Request
 
 from service import schemas
@@ -20,10 +21,17 @@ from service.errors import NotFound, NotReady, Unauthorized
 from service.lifecycle import ServiceState
 from service.pipeline import Serving
 
+
+def error_responses(model: type[BaseModel], codes: tuple[int, ...]) -> dict[int | str, dict[str, Any]]:
+    """The errors a router declares, in `model`'s shape, and the HTTP server's own 431 (in the
+    native shape: it answers before any route, for a request head past its limits, such as a long
+    query of labels)."""
+    declared: dict[int | str, dict[str, Any]] = {code: {"model": model} for code in codes}
+    return declared | {431: {"model": schemas.ErrorResponse}}
+
+
 # what every model route declares in the OpenAPI schema: its error responses and the bearer key
-ERRORS: dict[int | str, dict[str, Any]] = {
-    code: {"model": schemas.ErrorResponse} for code in (400, 401, 404, 405, 408, 413, 415, 422, 500, 503, 504)
-}
+ERRORS = error_responses(schemas.ErrorResponse, (400, 401, 404, 405, 408, 413, 415, 422, 500, 503, 504))
 BEARER = {"bearer": {"type": "http", "scheme": "bearer", "description": "one of VIT_API_KEYS, when set"}}
 SECURED: dict[str, Any] = {"security": [{"bearer": []}]}
 

@@ -25,7 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service import __version__, schemas
 from service.engine import ModelCard
 from service.errors import InvalidParameter, InvalidRequest, NotFound, UnsupportedMediaType
-from service.http.access import SECURED, admit, require_model, state_of
+from service.http.access import SECURED, admit, error_responses, require_model, state_of
 from service.http.inputs import (
     check_image_count,
     client_gone,
@@ -44,7 +44,7 @@ VERSION = "1"  # one model, one version: every path is served with and without /
 router = APIRouter(
     prefix="/v2",
     tags=["Open Inference Protocol v2"],
-    responses={code: {"model": schemas.V2Error} for code in (400, 401, 404, 408, 413, 415, 422, 500, 503, 504)},
+    responses=error_responses(schemas.V2Error, (400, 401, 404, 408, 413, 415, 422, 500, 503, 504)),
 )
 
 

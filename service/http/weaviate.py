@@ -17,7 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from service import schemas
 from service.engine.text_tower import TokenIds
 from service.errors import NotReady
-from service.http.access import SECURED, admit, state_of
+from service.http.access import SECURED, admit, error_responses, state_of
 from service.http.inputs import (
     M,
     check_image_count,
@@ -37,7 +37,7 @@ from service.texts import MAX_TEXT_CHARS
 router = APIRouter(
     prefix="/weaviate",
     tags=["Weaviate modules"],
-    responses={code: {"model": schemas.V2Error} for code in (400, 401, 408, 413, 415, 422, 500, 503, 504)},
+    responses=error_responses(schemas.V2Error, (400, 401, 408, 413, 415, 422, 500, 503, 504)),
 )
 
 _IMAGE = Field(json_schema_extra={"format": "byte"})  # a base64 image file, as the modules send it

@@ -6,7 +6,9 @@ from __future__ import annotations
 import base64
 import io
 import os
+import tempfile
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import pytest
@@ -26,6 +28,7 @@ from service.app import create_app
 from service.engine import Engine
 from service.engine.handle import in_process
 from service.http.openapi import openapi
+from tests.families import save_pair
 from tests.images import encode, gradient
 from tests.service.servers import live_server, tiny_settings
 
@@ -73,6 +76,40 @@ def test_every_check_of_the_schema_holds(case, base_url: str) -> None:
     excluded = []
     if response.status_code in TIMING and response.json()["error"]["type"] == TIMING[response.status_code]:
         excluded = [positive_data_acceptance, not_a_server_error]
+    case.validate_response(response, excluded_checks=excluded)
+
+
+# The same checks on a CLIP pair, whose schema holds texts, zero-shot labels and templates: the
+# routes they reach. Its checkpoint lives as long as the test session.
+PAIR = Path(tempfile.mkdtemp(prefix="fuzz-clip-"))
+save_pair("clip", PAIR)
+PAIR_SETTINGS = tiny_settings(checkpoint=str(PAIR))
+PAIR_SERVED = openapi(create_app(PAIR_SETTINGS, in_process()), PAIR_SETTINGS, Engine.from_settings(PAIR_SETTINGS).card)
+pair_schema = schemathesis.openapi.from_dict(PAIR_SERVED, config=CONFIG).include(
+    path_regex=r"^/(v1/classify|v1/embeddings|weaviate/vectorize)$"
+)
+
+
+@pytest.fixture(scope="module")
+def pair_url() -> Iterator[str]:
+    with live_server(PAIR_SETTINGS) as (url, _):
+        yield url
+
+
+@pair_schema.parametrize()
+@settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
+def test_every_check_of_a_pairs_schema_holds(case, pair_url: str) -> None:
+    """As above; and a classify request without `labels` (in neither the query nor the body: the
+    one refusal OpenAPI cannot state, docs/API.md, OpenAPI) is refused, not accepted."""
+    response = case.call(base_url=pair_url, timeout=30)
+    excluded = []
+    if response.status_code in TIMING and response.json()["error"]["type"] == TIMING[response.status_code]:
+        excluded = [positive_data_acceptance, not_a_server_error]
+    if response.status_code == 422 and response.json()["error"]["message"].startswith("labels: this model has no"):
+        body = case.body if isinstance(case.body, dict) else {}
+        labels = body["labels"] if "labels" in body else (case.query or {}).get("labels")  # the body wins
+        assert case.path == "/v1/classify" and not labels
+        excluded = [positive_data_acceptance]
     case.validate_response(response, excluded_checks=excluded)
 
 
