@@ -141,7 +141,7 @@ _IMAGE_STRING = {"type": "string", "format": "byte", "description": "an image fi
 _BINARY = {"schema": {"type": "string", "format": "binary"}}
 # A text for a CLIP or SigLIP pair's text tower, marked as service/http/params.py's TEXT_TOWER
 # marks what the served schema keeps only for such a model (service/http/openapi.py).
-_TEXT = {"type": "string", "pattern": r"\S", "maxLength": MAX_TEXT_CHARS, "description": "a text", "x-text-tower": True}
+_TEXT = {"type": "string", "minLength": 1, "maxLength": MAX_TEXT_CHARS, "description": "a text", "x-text-tower": True}
 
 
 def _fields(params: type[BaseModel]) -> dict[str, Any]:

@@ -72,9 +72,10 @@ class Texts:
 
     async def tokenize(self, texts: Sequence[str], what: str = "texts") -> list[TokenIds]:
         """Each text's token ids, truncated to the tower's length as its tokenizer truncates;
-        422 for an empty text, 413 for one longer than MAX_TEXT_CHARS (naming `what`[index])."""
+        422 for an empty text, 413 for one longer than MAX_TEXT_CHARS (naming `what`[index]). A
+        text of spaces is a text: its tokenizer reads it as it reads any other."""
         for index, text in enumerate(texts):
-            if not text.strip():
+            if not text:
                 raise InvalidParameter(f"{what}[{index}] is empty: there is nothing to embed")
             if len(text) > MAX_TEXT_CHARS:
                 raise PayloadTooLarge(

@@ -72,9 +72,12 @@ TEXT_TOWER = "x-text-tower"
 class ClassifyParams(BaseModel):
     model_config = _STRICT
     top_k: int | None = Field(
-        None, ge=1, description="predictions per image: 1 … classes (default: 5, or classes; zero-shot: every label)"
+        None,
+        ge=1,
+        le=100_000,  # zero-shot: at most the labels (VIT_MAX_LABELS is at most this); a head: its classes
+        description="predictions per image: 1 … classes (default: 5, or classes; zero-shot: every label)",
     )
-    labels: list[Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=r"\S")]] | None = Field(
+    labels: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]] | None = Field(
         None,
         min_length=1,
         description="zero-shot labels (a CLIP or SigLIP pair), scored as transformers' zero-shot-image-classification"
@@ -148,6 +151,9 @@ def from_query(model: type[BaseModel], query: Query) -> dict[str, Any]:
             if listed := query.getlist(name):
                 values[name] = listed
             continue
+        given = query.getlist(name)
+        if len(given) > 1:  # which one was meant? (only a list is its name repeated)
+            raise InvalidParameter(f"{name} is given {len(given)} times; give it once")
         text = query.get(name)
         if text is not None:
             try:

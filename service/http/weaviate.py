@@ -64,7 +64,7 @@ class VectorsResponse(BaseModel):
 class VectorizeRequest(BaseModel):
     model_config = _STRICT
     # Go's nil slice is null; without a text tower, none may be sent
-    texts: list[Annotated[str, Field(max_length=MAX_TEXT_CHARS, pattern=r"\S")]] | None = Field(
+    texts: list[Annotated[str, Field(min_length=1, max_length=MAX_TEXT_CHARS)]] | None = Field(
         None, json_schema_extra={TEXT_TOWER: "empty"}
     )
     images: list[Annotated[str, _IMAGE]] | None = None

@@ -37,6 +37,11 @@ async def test_a_boolean_query_is_true_or_false_only(client: httpx.AsyncClient, 
     assert response.status_code == 422 and response.json()["error"]["type"] == "invalid_parameter"
 
 
+async def test_a_parameter_given_twice_is_refused_as_ambiguous(client: httpx.AsyncClient) -> None:
+    response = await client.post("/v1/classify?top_k=1&top_k=3", **RAW)
+    assert response.status_code == 422 and response.json()["error"]["message"] == "top_k is given 2 times; give it once"
+
+
 @pytest.mark.parametrize("query", ["top_k=1_0", "top_k=%C2%B2", "top_k=%D9%A3", "top_k=3.0", "top_k=+3", "top_k=true"])
 async def test_an_integer_query_is_ascii_digits_only(client: httpx.AsyncClient, query: str) -> None:
     response = await client.post(f"/v1/classify?{query}", **RAW)
