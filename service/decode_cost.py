@@ -48,27 +48,44 @@ def deadline_s(expected: float, timeout_s: float) -> float:
     return min(timeout_s, max(FLOOR_S, MARGIN * expected))
 
 
+SIGNATURE_BYTES = 16  # enough of a file's start to tell its format
+
+
+def image_format(data: bytes) -> str | None:
+    """The accepted format (model/preprocess.py's ALLOWED_FORMATS) whose signature `data` starts
+    with, or None: a file told by its content, not its name."""
+    if data.startswith(b"\xff\xd8\xff"):
+        return "JPEG"
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        return "PNG"
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "GIF"
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "WEBP"
+    if data[:2] == b"BM":
+        return "BMP"
+    if data[:4] in (b"II*\x00", b"MM\x00*"):
+        return "TIFF"
+    return None
+
+
 def sniff(data: bytes) -> tuple[int, float] | None:
     """(pixels, nanoseconds per pixel) from the headers, or None where they cannot be read."""
     try:
-        if data.startswith(b"\xff\xd8\xff"):
-            return _jpeg(data)
-        if data.startswith(b"\x89PNG\r\n\x1a\n") and data[12:16] == b"IHDR":
+        kind = image_format(data)
+        if kind == "PNG":
+            if data[12:16] != b"IHDR":
+                return None
             width, height = struct.unpack_from(">II", data, 16)
             pixels = max(width * height, 1)
             return pixels, NS_PER_PIXEL["PNG"] + NS_PER_PNG_CHUNK * data.count(b"IDAT") / pixels
-        if data[:6] in (b"GIF87a", b"GIF89a"):
+        if kind == "GIF":
             width, height = struct.unpack_from("<HH", data, 6)
             return width * height, NS_PER_PIXEL["GIF"]
-        if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-            return _webp(data)
-        if data[:2] == b"BM":
-            return _bmp(data)
-        if data[:4] in (b"II*\x00", b"MM\x00*"):
-            return _tiff(data)
+        reader = _READERS.get(kind or "")
+        return reader(data) if reader is not None else None
     except (struct.error, IndexError):  # cut short inside a header
         return None
-    return None
 
 
 def _jpeg(data: bytes) -> tuple[int, float] | None:
@@ -137,3 +154,6 @@ def _tiff(data: bytes) -> tuple[int, float] | None:
         return None
     pixels = max(size[256] * size[257], 1)
     return pixels, NS_PER_PIXEL["TIFF"] + NS_PER_TIFF_STRIP * strips / pixels
+
+
+_READERS = {"JPEG": _jpeg, "WEBP": _webp, "BMP": _bmp, "TIFF": _tiff}

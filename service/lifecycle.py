@@ -66,8 +66,13 @@ async def start(state: ServiceState, source: EngineSource) -> None:
 
 
 async def _start_decoding(state: ServiceState, card: ModelCard, resolved: Resolved) -> None:
-    settings = state.settings
-    pool = DecodePool(
+    pool = state.decode_pool = decode_pool(state.settings, card, resolved, state.metrics)
+    await pool.start()
+
+
+def decode_pool(settings: Settings, card: ModelCard, resolved: Resolved, metrics: Metrics) -> DecodePool:
+    """The decode processes for `card`'s model, bounded by these settings (not yet started)."""
+    return DecodePool(
         resolved.decode_processes,
         card.image_size,
         card.preprocess,
@@ -75,11 +80,9 @@ async def _start_decoding(state: ServiceState, card: ModelCard, resolved: Resolv
         settings.decode_timeout_s,
         settings.decode_memory_bytes,
         draft=settings.jpeg_draft,
-        observe=state.metrics.preprocess_duration.observe,
-        restarted=state.metrics.decode_restarts.inc,
+        observe=metrics.preprocess_duration.observe,
+        restarted=metrics.decode_restarts.inc,
     )
-    state.decode_pool = pool
-    await pool.start()
 
 
 def _turn_ready(state: ServiceState, card: ModelCard, resolved: Resolved) -> None:

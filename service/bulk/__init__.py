@@ -1,0 +1,1 @@
+"""`vit-serve embed`: a whole dataset embedded in this process, resumably (docs/BULK.md)."""

@@ -1,0 +1,198 @@
+"""`vit-serve embed SOURCE --out DEST`: every image of a source embedded, in this process, into
+Parquet shards (service/bulk/output.py), resumable.
+
+The model is the server's (the same settings choose and load it), reached through the same engine
+seam, `in_process()` (service/engine/handle.py), with no HTTP between: images are read on threads,
+decoded in the service's own decode processes (bounded in time and memory), and submitted one by
+one to the batcher, which forms the same batches the server forms; a window of images in flight
+keeps decoding ahead of the forward passes. An image that cannot be read, decoded or embedded is
+a row with its error, never the end of the run.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from service.bulk.output import Output, Row
+from service.bulk.sources import Item, items
+from service.decoding import DecodeFailed, DecodePool
+from service.engine.card import ModelCard
+from service.engine.handle import EngineHandle, in_process
+from service.errors import ServiceError
+from service.lifecycle import decode_pool
+from service.metrics import Metrics
+from service.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class EmbedError(Exception):
+    """The run cannot start (the model, the source or the output): said in one line."""
+
+
+@dataclass(frozen=True)
+class Options:
+    source: Path
+    out: Path
+    shard_size: int = 10_000  # rows a shard: what a killed run may have to embed again
+    float16: bool = False
+    top_k: int = 0  # a classifier's top-k labels beside each embedding
+    overwrite: bool = False  # replace another model's shards in `out`
+
+
+@dataclass(frozen=True)
+class Summary:
+    before: int  # rows an earlier run had written
+    embedded: int
+    failed: int
+    seconds: float
+
+
+def identity(card: ModelCard, options: Options) -> dict[str, Any]:
+    """What must match for two runs' rows to share one output."""
+    return {
+        "model": card.model_id,
+        "checkpoint_sha256": card.checkpoint_sha256,
+        "checkpoint_format": card.checkpoint_format,
+        "dtype": card.dtype,
+        "preprocess": card.preprocess.to_dict(),
+        "image_size": card.image_size,
+        "embedding": card.embedding_meaning,
+        "dim": card.cfg.embedding_dim,
+        "format": "float16" if options.float16 else "float32",
+        "top_k": options.top_k,
+    }
+
+
+async def embed(settings: Settings, options: Options, progress: TextIO = sys.stderr) -> Summary:
+    """Embed every image of `options.source` not yet in `options.out`."""
+    metrics = Metrics()
+    engine = await in_process().connect(settings, metrics)
+    pool: DecodePool | None = None
+    try:
+        card = engine.card
+        if not card.cfg.embedding_dim:
+            raise EmbedError(f"{card.model_id} has no pooled embedding (a tower without its head)")
+        if options.top_k and not card.labels:
+            raise EmbedError(f"--top-k: {card.model_id} has no classification head")
+        output = Output.open(
+            options.out,
+            identity(card, options),
+            card.cfg.embedding_dim,
+            options.float16,
+            options.top_k > 0,
+            options.overwrite,
+        )
+        done = output.done()
+        todo = [item for item in items(options.source) if item.key not in done]
+        resolved = settings.resolve(card.device_type)
+        pool = decode_pool(settings, card, resolved, metrics)
+        await pool.start()
+        run = _Run(settings, options, engine, pool, output, _Progress(len(todo), len(done), progress))
+        return await run.all(todo, window=2 * resolved.max_batch_size)
+    finally:
+        if pool is not None:
+            pool.close()
+        await engine.drain(settings.shutdown_timeout_s)
+
+
+@dataclass
+class _Run:
+    settings: Settings
+    options: Options
+    engine: EngineHandle
+    pool: DecodePool
+    output: Output
+    progress: _Progress
+
+    async def all(self, todo: list[Item], window: int) -> Summary:
+        """Every item, at most `window` in flight, in shards of `shard_size` rows."""
+        rows: list[Row] = []
+        pending: set[asyncio.Task[Row]] = set()
+        for item in todo:
+            if len(pending) >= window:
+                finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                await self._collect(rows, finished)
+            pending.add(asyncio.create_task(self.one(item)))
+        if pending:
+            await self._collect(rows, (await asyncio.wait(pending))[0])
+        if rows:
+            await asyncio.to_thread(self.output.write, rows)
+        self.progress.finish()
+        return Summary(self.progress.before, self.progress.done, self.progress.failed, self.progress.elapsed)
+
+    async def _collect(self, rows: list[Row], finished: set[asyncio.Task[Row]]) -> None:
+        for task in finished:
+            row = task.result()
+            rows.append(row)
+            self.progress.add(row.error is not None)
+        while len(rows) >= self.options.shard_size:
+            shard, rows[:] = rows[: self.options.shard_size], rows[self.options.shard_size :]
+            await asyncio.to_thread(self.output.write, shard)
+
+    async def one(self, item: Item) -> Row:
+        """One image's row: its embedding, or why there is none."""
+        try:
+            data = await asyncio.to_thread(item.read, self.settings.max_body_bytes)
+        except (OSError, ValueError) as exc:
+            return Row(item.key, None, f"unreadable: {exc}")
+        try:
+            pixels = (await self.pool.decode_all([data]))[0]
+        except DecodeFailed as failure:
+            return Row(item.key, None, f"not decoded: {failure.error}")
+        try:
+            deadline = time.monotonic() + self.settings.request_timeout_s
+            result = (await self.engine.submit([pixels], deadline))[0]
+        except ServiceError as exc:
+            return Row(item.key, None, f"not embedded: {exc}")
+        if not self.options.top_k or result.probs is None:
+            return Row(item.key, result.embedding)
+        best = np.argsort(-result.probs, kind="stable")[: self.options.top_k]
+        labels = self.engine.card.labels
+        return Row(item.key, result.embedding, None, [labels[i] for i in best], result.probs[best].tolist())
+
+
+class _Progress:
+    """Images done, errors and the rate: a line redrawn on a terminal, a log line every 10 s elsewhere."""
+
+    def __init__(self, total: int, before: int, stream: TextIO) -> None:
+        self.total, self.before, self.stream = total, before, stream
+        self.done = self.failed = 0
+        self.started = self._shown = time.monotonic()
+        self.tty = stream.isatty()
+
+    @property
+    def elapsed(self) -> float:
+        return time.monotonic() - self.started
+
+    def add(self, failed: bool) -> None:
+        self.done += 1
+        self.failed += failed
+        now = time.monotonic()
+        if now - self._shown >= (0.2 if self.tty else 10.0):
+            self._shown = now
+            self._show()
+
+    def _show(self, end: str = "") -> None:
+        rate = self.done / max(self.elapsed, 1e-9)
+        eta = (self.total - self.done) / rate if rate else float("inf")
+        line = (
+            f"{self.done:,} of {self.total:,} images ({self.failed:,} failed), {rate:,.1f} images/s, {eta:,.0f} s to go"
+        )
+        if self.tty:
+            self.stream.write(f"\r{line}{end}")
+        else:
+            self.stream.write(f"{line}\n")
+        self.stream.flush()
+
+    def finish(self) -> None:
+        if self.total:
+            self._show(end="\n")
