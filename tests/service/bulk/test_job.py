@@ -103,9 +103,8 @@ def test_a_killed_run_is_finished_by_the_next_without_a_row_lost_or_repeated(tmp
         proc.wait(30)
     assert (out / MANIFEST).is_file()
     finished = embed(source, "--out", out, "--shard-size", "20")
-    before, now = (
-        int(n.replace(",", "")) for n in re.findall(r"([\d,]+) (?:images embedded|were done before)", finished.stderr)
-    )
+    counts = re.findall(r"([\d,]+) (?:images embedded|were done before)", finished.stderr)
+    now, before = (int(count.replace(",", "")) for count in counts)
     assert before >= 60 and now >= 1 and before + now == 300  # killed mid-way, with whole shards kept
     assert len(table(out)) == 300 and not list(out.glob(".*.partial"))
 
