@@ -6,7 +6,7 @@ PYTHON ?= python3
 TORCH ?= torch==2.13.0
 BIN := $(VENV)/bin
 
-.PHONY: install install-test serve test lint train bench bench-ceiling clean
+.PHONY: install install-test serve embed test lint train bench bench-ceiling clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -22,6 +22,13 @@ install-test: install
 
 serve: install
 	$(BIN)/vit-serve
+
+# Embed a directory of images into Parquet shards (docs/BULK.md): `make embed SOURCE=photos/ OUT=embeddings/`.
+SOURCE ?= examples/digits
+OUT ?= embeddings
+embed: install
+	$(BIN)/pip install -q -e '.[bulk]'
+	$(BIN)/vit-serve embed $(SOURCE) --out $(OUT)
 
 lint:
 	$(BIN)/ruff check model service bench tests
