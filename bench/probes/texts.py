@@ -41,9 +41,9 @@ ADJECTIVES = ["small", "large", "red", "blue", "sleepy", "fast", "old", "shiny"]
 CAPTIONS = [f"a photo of a {a} {n} on a sunny day" for a in ADJECTIVES for n in NOUNS][:32]
 
 
-def save_pair(path: Path) -> None:
-    """A CLIPModel of transformers' default shape with random weights, its processor and a CLIP
-    tokenizer whose BPE is trained here on the captions."""
+def save_pair(path: Path, small: bool) -> None:
+    """A CLIPModel of transformers' default shape (`small`: a tiny one, for a smoke run) with random
+    weights, its processor and a CLIP tokenizer whose BPE is trained here on the captions."""
     import transformers as T
     from tokenizers import trainers
 
@@ -60,7 +60,10 @@ def save_pair(path: Path) -> None:
     tokenizer = T.CLIPTokenizer(vocab=model["vocab"], merges=merges, model_max_length=77)
     special = {f"{k}_token_id": getattr(tokenizer, f"{k}_token_id") for k in ("bos", "eos", "pad")}
     torch.manual_seed(0)
-    config = T.CLIPConfig(text_config={"vocab_size": len(tokenizer), **special})
+    tiny = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 1, "num_attention_heads": 2}
+    text = {"vocab_size": len(tokenizer), **special, **(tiny if small else {})}
+    vision = {**tiny, "patch_size": 32} if small else {}
+    config = T.CLIPConfig(text_config=text, vision_config=vision, projection_dim=16 if small else 512)
     for part in (T.CLIPModel(config).eval(), T.CLIPImageProcessor(), tokenizer):
         part.save_pretrained(path)
 
@@ -83,6 +86,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=10.0)
     parser.add_argument("--warmup", type=float, default=2.0)
     parser.add_argument("--concurrency", type=int, default=4)
+    parser.add_argument("--small", action="store_true", help="a tiny pair: a smoke run, no figures")
     args = parser.parse_args(argv)
     import transformers as T
 
@@ -93,7 +97,7 @@ def main(argv: list[str] | None = None) -> None:
         name: [] for name in ("serve texts", "hf texts", "serve zero-shot", "hf zero-shot")
     }
     with tempfile.TemporaryDirectory() as tmp:
-        save_pair(Path(tmp))
+        save_pair(Path(tmp), args.small)
         model = T.CLIPModel.from_pretrained(tmp).eval()
         tokenizer = T.AutoTokenizer.from_pretrained(tmp)
         pipeline = T.pipeline("zero-shot-image-classification", model=tmp, dtype=torch.float32)
