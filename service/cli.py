@@ -95,7 +95,7 @@ def _embed(args: dict[str, Any]) -> int:
         return 2
     print(
         f"{options.out}: {summary.embedded:,} images embedded ({summary.failed:,} with an error in their row) in"
-        f" {summary.seconds:.1f} s; {summary.before:,} were done before",
+        f" {summary.seconds:.2f} s; {summary.before:,} were done before",
         file=sys.stderr,
     )
     return 0

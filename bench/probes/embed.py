@@ -48,7 +48,7 @@ def run_embed(source: Path, out: Path, env: dict[str, str]) -> tuple[float, str]
     done = subprocess.run(command, env=os.environ | env, capture_output=True, text=True, timeout=1800, check=True)  # nosec B603
     count, seconds = re.search(r"([\d,]+) images embedded .* in ([\d.]+) s", done.stderr).groups()  # type: ignore[union-attr]
     dtype = json.loads((out / "_manifest.json").read_text())["identity"]["dtype"]
-    return int(count.replace(",", "")) / float(seconds), dtype
+    return int(count.replace(",", "")) / max(float(seconds), 0.01), dtype  # (a smoke run's may print 0.00)
 
 
 def run_http(files: list[bytes], env: dict[str, str], threads: int = 16) -> tuple[float, str]:

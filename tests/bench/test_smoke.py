@@ -161,13 +161,16 @@ def test_the_compiled_start_probe_runs() -> None:
 
 
 def test_the_text_and_zero_shot_comparison_runs() -> None:
-    out = _run("bench.probes.texts", "--small", "--rounds", "1", "--duration", "0.5", "--warmup", "0.2").splitlines()
-    assert out[1].startswith("round 1: serve texts ") and "hf zero-shot" in out[1]
+    args = ("--small", "--rounds", "1", "--duration", "0.5", "--warmup", "0.2", "--concurrency", "1")
+    out = _run("bench.probes.texts", *args).splitlines()
+    rounds = [line for line in out if line.startswith("round 1: serve texts ")]
+    assert len(rounds) == 1 and "hf zero-shot" in rounds[0]
     assert [line.split(":")[0] for line in out[-2:]] == ["texts", "zero-shot"]
 
 
 def test_the_embed_comparison_runs() -> None:
     args = ("--model", "vit_test_tiny", "--images", "8", "--rounds", "1", "--max-batch-size", "4", "--seconds", "0.2")
     out = _run("bench.probes.embed", *args).splitlines()
-    assert out[1].startswith("round 1 (") and "embed " in out[1] and " bare " in out[1] and " http " in out[1]
+    rounds = [line for line in out if line.startswith("round 1 (")]
+    assert len(rounds) == 1 and all(f"{name} " in rounds[0] for name in ("embed", "bare", "http"))
     assert [line.split(" per round")[0] for line in out[-2:]] == ["embed ÷ bare", "embed ÷ http"]
