@@ -125,7 +125,7 @@ class _Run:
         if pending:
             await self._collect(rows, (await asyncio.wait(pending))[0])
         if rows:
-            await asyncio.to_thread(self.output.write, rows)
+            await self._write(rows)
         self.progress.finish()
         return Summary(self.progress.before, self.progress.done, self.progress.failed, self.progress.elapsed)
 
@@ -136,7 +136,19 @@ class _Run:
             self.progress.add(row.error is not None)
         while len(rows) >= self.options.shard_size:
             shard, rows[:] = rows[: self.options.shard_size], rows[self.options.shard_size :]
-            await asyncio.to_thread(self.output.write, shard)
+            await self._write(shard)
+
+    async def _write(self, rows: list[Row]) -> None:
+        """One shard; a disk that is full (or any failure to write) ends the run, in one line,
+        with every shard written before it intact and named by the manifest."""
+        try:
+            await asyncio.to_thread(self.output.write, rows)
+        except OSError as exc:
+            written = len(self.output.shards)
+            raise EmbedError(
+                f"writing shard {written} to {self.output.directory} failed ({exc}); the {written} shards"
+                f" ({self.output.rows:,} rows) written before it are intact, and a new run resumes after them"
+            ) from exc
 
     async def one(self, item: Item) -> Row:
         """One image's row: its embedding, or why there is none."""

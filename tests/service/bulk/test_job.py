@@ -8,6 +8,7 @@ from __future__ import annotations
 import base64
 import os
 import re
+import resource
 import shutil
 import signal
 import subprocess
@@ -128,3 +129,26 @@ def test_float16_embeddings_are_the_float32_ones_rounded(tmp_path: Path) -> None
     full, half = table(tmp_path / "f32"), table(tmp_path / "f16")
     for key, row in full.items():
         assert np.array_equal(np.float16(row["embedding"]), np.float16(half[key]["embedding"]))
+
+
+def _disk_full_after(limit: int) -> None:
+    """In the child: files may grow to `limit` bytes, past which a write fails (EFBIG), as on a
+    full disk, instead of the process being killed (SIGXFSZ)."""
+    signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+
+def test_a_full_disk_ends_the_run_in_one_line_and_a_new_run_resumes(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIT_")}
+    command = [sys.executable, "-m", "service", "embed", str(DIGITS), "--out", str(out), "--shard-size", "4", *QUIET]
+    full = subprocess.run(
+        command, env=env, capture_output=True, text=True, timeout=300, preexec_fn=lambda: _disk_full_after(3000)
+    )
+    assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
+    assert (
+        "writing shard 0 to" in full.stderr and "File too large" in full.stderr and "a new run resumes" in full.stderr
+    )
+    assert (out / MANIFEST).is_file() and not list(out.glob("part-*"))
+    resumed = embed(DIGITS, "--out", out, "--shard-size", "4")
+    assert "10 images embedded" in resumed.stderr and len(table(out)) == 10
