@@ -28,16 +28,21 @@ def build_parser() -> argparse.ArgumentParser:
 def build_embed_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="vit-serve embed",
-        description="Embed every image of SOURCE (a directory, walked recursively, or a file listing paths) into"
-        " Parquet shards in DEST, in this process; a second run finishes what the first left. The model is chosen"
-        " as the server's: every VIT_* setting and its flag.",
+        description="Embed every image of SOURCE into Parquet shards in DEST, in this process; a second run finishes"
+        " what the first left. The model is chosen as the server's: every VIT_* setting and its flag.",
     )
-    parser.add_argument("source", type=Path, help="a directory of images, or a text file of paths (one a line)")
+    parser.add_argument(
+        "source",
+        help="a directory (walked recursively), a text file of paths (one a line), a Parquet or CSV table with a"
+        " column of paths or (Parquet) image bytes, or WebDataset tar shards (a file, or a quoted glob)",
+    )
     parser.add_argument("--out", type=Path, required=True, help="the output directory (Parquet shards, _manifest.json)")
     parser.add_argument("--shard-size", type=int, default=10_000, help="rows a shard (default: 10000)")
     parser.add_argument("--float16", action="store_true", help="store embeddings as float16")
     parser.add_argument("--top-k", type=int, default=0, help="a classifier's top-k labels beside each embedding")
     parser.add_argument("--overwrite", action="store_true", help="replace another model's embeddings in DEST")
+    parser.add_argument("--column", help="a table's column of image paths or bytes (default: found by its name)")
+    parser.add_argument("--key-column", help="a table's column of row ids (default: key or id, else the path)")
     return _with_settings(parser)
 
 
@@ -78,12 +83,13 @@ def _embed(args: dict[str, Any]) -> int:
     try:
         from service.bulk.job import EmbedError, Options, embed
         from service.bulk.output import OutputError
-        from service.bulk.sources import SourceError
+        from service.bulk.sources import Columns, SourceError
     except ImportError as exc:  # pyarrow: the [bulk] extra
         print(f"vit-serve embed: {exc.name} is missing: pip install 'vit-serve[bulk]'", file=sys.stderr)
         return 2
     names = ("source", "out", "shard_size", "float16", "top_k", "overwrite")
-    options = Options(**{name: args.pop(name) for name in names})
+    columns = Columns(args.pop("column"), args.pop("key_column"))
+    options = Options(**{name: args.pop(name) for name in names}, columns=columns)
     settings = _settings(args)
     if settings is None:
         return 2

@@ -15,14 +15,15 @@ import asyncio
 import logging
 import sys
 import time
-from dataclasses import dataclass
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
 import numpy as np
 
 from service.bulk.output import Output, Row
-from service.bulk.sources import Item, items
+from service.bulk.sources import Columns, Item, count, items
 from service.decoding import DecodeFailed, DecodePool
 from service.engine.card import ModelCard
 from service.engine.handle import EngineHandle, in_process
@@ -40,12 +41,13 @@ class EmbedError(Exception):
 
 @dataclass(frozen=True)
 class Options:
-    source: Path
+    source: str  # a directory, a list of paths, a Parquet or CSV table, or tar shards (a glob)
     out: Path
     shard_size: int = 10_000  # rows a shard: what a killed run may have to embed again
     float16: bool = False
     top_k: int = 0  # a classifier's top-k labels beside each embedding
     overwrite: bool = False  # replace another model's shards in `out`
+    columns: Columns = field(default_factory=Columns)  # a table's image and key columns
 
 
 @dataclass(frozen=True)
@@ -92,12 +94,14 @@ async def embed(settings: Settings, options: Options, progress: TextIO = sys.std
             options.overwrite,
         )
         done = output.done()
-        todo = [item for item in items(options.source) if item.key not in done]
+        source = items(options.source, settings.max_body_bytes, options.columns)
+        total = await asyncio.to_thread(count, options.source, options.columns)
         resolved = settings.resolve(card.device_type)
         pool = decode_pool(settings, card, resolved, metrics)
         await pool.start()
-        run = _Run(settings, options, engine, pool, output, _Progress(len(todo), len(done), progress))
-        return await run.all(todo, window=2 * resolved.max_batch_size)
+        todo = _Progress(None if total is None else max(total - len(done), 0), len(done), progress)
+        run = _Run(settings, options, engine, pool, output, todo)
+        return await run.all((item for item in source if item.key not in done), window=2 * resolved.max_batch_size)
     finally:
         if pool is not None:
             pool.close()
@@ -113,7 +117,7 @@ class _Run:
     output: Output
     progress: _Progress
 
-    async def all(self, todo: list[Item], window: int) -> Summary:
+    async def all(self, todo: Iterator[Item], window: int) -> Summary:
         """Every item, at most `window` in flight, in shards of `shard_size` rows."""
         rows: list[Row] = []
         pending: set[asyncio.Task[Row]] = set()
@@ -153,7 +157,7 @@ class _Run:
     async def one(self, item: Item) -> Row:
         """One image's row: its embedding, or why there is none."""
         try:
-            data = await asyncio.to_thread(item.read, self.settings.max_body_bytes)
+            data = await asyncio.to_thread(item.load)
         except (OSError, ValueError) as exc:
             return Row(item.key, None, f"unreadable: {exc}")
         try:
@@ -175,7 +179,7 @@ class _Run:
 class _Progress:
     """Images done, errors and the rate: a line redrawn on a terminal, a log line every 10 s elsewhere."""
 
-    def __init__(self, total: int, before: int, stream: TextIO) -> None:
+    def __init__(self, total: int | None, before: int, stream: TextIO) -> None:
         self.total, self.before, self.stream = total, before, stream
         self.done = self.failed = 0
         self.started = self._shown = time.monotonic()
@@ -195,10 +199,10 @@ class _Progress:
 
     def _show(self, end: str = "") -> None:
         rate = self.done / max(self.elapsed, 1e-9)
-        eta = (self.total - self.done) / rate if rate else float("inf")
-        line = (
-            f"{self.done:,} of {self.total:,} images ({self.failed:,} failed), {rate:,.1f} images/s, {eta:,.0f} s to go"
-        )
+        counted = f" of {self.total:,}" if self.total is not None else ""  # tar shards are not counted ahead
+        line = f"{self.done:,}{counted} images ({self.failed:,} failed), {rate:,.1f} images/s"
+        if self.total is not None:
+            line += f", {max(self.total - self.done, 0) / rate if rate else float('inf'):,.0f} s to go"
         if self.tty:
             self.stream.write(f"\r{line}{end}")
         else:
@@ -206,5 +210,5 @@ class _Progress:
         self.stream.flush()
 
     def finish(self) -> None:
-        if self.total:
+        if self.done:
             self._show(end="\n")

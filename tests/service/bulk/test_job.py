@@ -18,6 +18,7 @@ from pathlib import Path
 
 import httpx
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
 
 from service.bulk.output import MANIFEST
@@ -120,7 +121,8 @@ def test_another_model_into_the_same_output_is_refused(tmp_path: Path) -> None:
 
 def test_a_missing_source_is_one_line_and_exit_2(tmp_path: Path) -> None:
     refused = embed(tmp_path / "nowhere", "--out", tmp_path / "out", check=False)
-    assert refused.returncode == 2 and refused.stderr.strip().endswith("no such directory or file")
+    assert refused.returncode == 2 and len(refused.stderr.splitlines()) == 1
+    assert refused.stderr.strip().endswith("no such directory or file, nor tar shards matching it")
 
 
 def test_float16_embeddings_are_the_float32_ones_rounded(tmp_path: Path) -> None:
@@ -152,3 +154,15 @@ def test_a_full_disk_ends_the_run_in_one_line_and_a_new_run_resumes(tmp_path: Pa
     assert (out / MANIFEST).is_file() and not list(out.glob("part-*"))
     resumed = embed(DIGITS, "--out", out, "--shard-size", "4")
     assert "10 images embedded" in resumed.stderr and len(table(out)) == 10
+
+
+def test_a_parquet_table_of_image_bytes_gives_the_directorys_embeddings(tmp_path: Path) -> None:
+    names = sorted(p.name for p in DIGITS.glob("*.png"))
+    data = [(DIGITS / name).read_bytes() for name in names]
+    pq.write_table(pa.table({"key": names, "image": data}), tmp_path / "digits.parquet")
+    embed(tmp_path / "digits.parquet", "--out", tmp_path / "from-table", "--shard-size", "3")
+    embed(DIGITS, "--out", tmp_path / "from-directory")
+    table_rows, directory_rows = table(tmp_path / "from-table"), table(tmp_path / "from-directory")
+    assert sorted(table_rows) == names and len(list((tmp_path / "from-table").glob("part-*.parquet"))) == 4
+    for name in names:
+        assert np.allclose(table_rows[name]["embedding"], directory_rows[name]["embedding"], atol=1e-6)
