@@ -43,6 +43,26 @@ def build_embed_parser() -> argparse.ArgumentParser:
     parser.add_argument("--overwrite", action="store_true", help="replace another model's embeddings in DEST")
     parser.add_argument("--column", help="a table's column of image paths or bytes (default: found by its name)")
     parser.add_argument("--key-column", help="a table's column of row ids (default: key or id, else the path)")
+    parser.add_argument("--lancedb", type=Path, help="also write the embedded rows into this LanceDB ([lancedb] extra)")
+    parser.add_argument("--table", default="images", help="the LanceDB table (default: images)")
+    parser.add_argument(
+        "--index-min-rows", type=int, default=50_000, help="build the table's vector index from this many rows"
+    )
+    return _with_settings(parser)
+
+
+def build_search_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="vit-serve search",
+        description="The rows of a LanceDB table filled by `vit-serve embed --lancedb` nearest to an image (or, for a"
+        " CLIP or SigLIP pair, a text), embedded by the same model: chosen as the server's, by every VIT_* setting.",
+    )
+    parser.add_argument("lancedb", type=Path, help="the LanceDB directory")
+    parser.add_argument("--table", default="images", help="the table (default: images)")
+    query = parser.add_mutually_exclusive_group(required=True)
+    query.add_argument("--image", type=Path, help="an image file")
+    query.add_argument("--text", help="a text (a CLIP or SigLIP pair)")
+    parser.add_argument("-k", type=int, default=5, help="how many rows (default: 5)")
     return _with_settings(parser)
 
 
@@ -63,6 +83,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["embed"]:
         return _embed(vars(build_embed_parser().parse_args(argv[1:])))
+    if argv[:1] == ["search"]:
+        return _search(vars(build_search_parser().parse_args(argv[1:])))
     settings = _settings(vars(build_parser().parse_args(argv)))
     return 2 if settings is None else processes.serve(settings)
 
@@ -77,6 +99,11 @@ def _settings(args: dict[str, object]) -> Settings | None:
     return None
 
 
+def _log(settings: Settings) -> None:
+    """A command's log lines, at VIT_LOG_LEVEL, on stderr."""
+    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+
+
 def _embed(args: dict[str, Any]) -> int:
     """`vit-serve embed`: 0 when every image has a row (some may hold errors), 2 when the run could
     not start (a one-line reason)."""
@@ -87,13 +114,13 @@ def _embed(args: dict[str, Any]) -> int:
     except ImportError as exc:  # pyarrow: the [bulk] extra
         print(f"vit-serve embed: {exc.name} is missing: pip install 'vit-serve[bulk]'", file=sys.stderr)
         return 2
-    names = ("source", "out", "shard_size", "float16", "top_k", "overwrite")
+    names = ("source", "out", "shard_size", "float16", "top_k", "overwrite", "lancedb", "table", "index_min_rows")
     columns = Columns(args.pop("column"), args.pop("key_column"))
     options = Options(**{name: args.pop(name) for name in names}, columns=columns)
     settings = _settings(args)
     if settings is None:
         return 2
-    logging.basicConfig(level=settings.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    _log(settings)
     try:
         summary = asyncio.run(embed(settings, options))
     except (EmbedError, OutputError, SourceError) as exc:
@@ -109,3 +136,30 @@ def _embed(args: dict[str, Any]) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+
+
+def _search(args: dict[str, Any]) -> int:
+    """`vit-serve search`: one line per row found, its cosine similarity and its key; 2, with one
+    line, when the search cannot be made."""
+    try:
+        from service.bulk.job import EmbedError
+        from service.bulk.output import OutputError
+        from service.bulk.search import nearest
+    except ImportError as exc:  # lancedb: the [lancedb] extra
+        print(f"vit-serve search: {exc.name} is missing: pip install 'vit-serve[lancedb]'", file=sys.stderr)
+        return 2
+    query = {name: args.pop(name) for name in ("lancedb", "table", "image", "text", "k")}
+    settings = _settings(args)
+    if settings is None:
+        return 2
+    _log(settings)
+    try:
+        found = asyncio.run(
+            nearest(settings, query["lancedb"], query["table"], query["image"], query["text"], query["k"])
+        )
+    except (EmbedError, OutputError) as exc:
+        print(f"vit-serve search: {exc}", file=sys.stderr)
+        return 2
+    for key, score in found:
+        print(f"{score:.4f}\t{key}")
+    return 0

@@ -18,7 +18,7 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
@@ -31,6 +31,9 @@ from service.errors import ServiceError
 from service.lifecycle import decode_pool
 from service.metrics import Metrics
 from service.settings import Settings
+
+if TYPE_CHECKING:  # lancedb is an optional extra, imported only for --lancedb
+    from service.bulk.vectors import VectorTable
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +51,9 @@ class Options:
     top_k: int = 0  # a classifier's top-k labels beside each embedding
     overwrite: bool = False  # replace another model's shards in `out`
     columns: Columns = field(default_factory=Columns)  # a table's image and key columns
+    lancedb: Path | None = None  # also into this LanceDB (the [lancedb] extra)
+    table: str = "images"
+    index_min_rows: int = 50_000  # the LanceDB table's vector index, from this many rows
 
 
 @dataclass(frozen=True)
@@ -58,8 +64,8 @@ class Summary:
     seconds: float
 
 
-def identity(card: ModelCard, options: Options) -> dict[str, Any]:
-    """What must match for two runs' rows to share one output."""
+def model_identity(card: ModelCard) -> dict[str, Any]:
+    """What must match for two embeddings to share a space: the model, its weights, its numbers."""
     return {
         "model": card.model_id,
         "checkpoint_sha256": card.checkpoint_sha256,
@@ -69,9 +75,12 @@ def identity(card: ModelCard, options: Options) -> dict[str, Any]:
         "image_size": card.image_size,
         "embedding": card.embedding_meaning,
         "dim": card.cfg.embedding_dim,
-        "format": "float16" if options.float16 else "float32",
-        "top_k": options.top_k,
     }
+
+
+def identity(card: ModelCard, options: Options) -> dict[str, Any]:
+    """What must match for two runs' rows to share one output: the model, and the rows' format."""
+    return model_identity(card) | {"format": "float16" if options.float16 else "float32", "top_k": options.top_k}
 
 
 async def embed(settings: Settings, options: Options, progress: TextIO = sys.stderr) -> Summary:
@@ -93,6 +102,7 @@ async def embed(settings: Settings, options: Options, progress: TextIO = sys.std
             options.top_k > 0,
             options.overwrite,
         )
+        vectors = _vector_table(options, model_identity(card), output)
         done = output.done()
         source = items(options.source, settings.max_body_bytes, options.columns)
         total = await asyncio.to_thread(count, options.source, options.columns)
@@ -100,12 +110,25 @@ async def embed(settings: Settings, options: Options, progress: TextIO = sys.std
         pool = decode_pool(settings, card, resolved, metrics)
         await pool.start()
         todo = _Progress(None if total is None else max(total - len(done), 0), len(done), progress)
-        run = _Run(settings, options, engine, pool, output, todo)
-        return await run.all((item for item in source if item.key not in done), window=2 * resolved.max_batch_size)
+        run = _Run(settings, options, engine, pool, output, vectors, todo)
+        summary = await run.all((item for item in source if item.key not in done), window=2 * resolved.max_batch_size)
+        if vectors is not None and await asyncio.to_thread(vectors.finish):
+            log.info("built the vector index of %s, table %s", options.lancedb, options.table)
+        return summary
     finally:
         if pool is not None:
             pool.close()
         await engine.drain(settings.shutdown_timeout_s)
+
+
+def _vector_table(options: Options, model: dict[str, Any], output: Output) -> VectorTable | None:
+    if options.lancedb is None:
+        return None
+    try:
+        from service.bulk.vectors import VectorTable
+    except ImportError as exc:
+        raise EmbedError(f"--lancedb: {exc.name} is missing: pip install 'vit-serve[lancedb]'") from exc
+    return VectorTable.open(options.lancedb, options.table, model, output, options.index_min_rows)
 
 
 @dataclass
@@ -115,6 +138,7 @@ class _Run:
     engine: EngineHandle
     pool: DecodePool
     output: Output
+    vectors: VectorTable | None
     progress: _Progress
 
     async def all(self, todo: Iterator[Item], window: int) -> Summary:
@@ -147,6 +171,8 @@ class _Run:
         with every shard written before it intact and named by the manifest."""
         try:
             await asyncio.to_thread(self.output.write, rows)
+            if self.vectors is not None:  # once the shard is complete: the table never runs ahead of it
+                await asyncio.to_thread(self.vectors.add, rows)
         except OSError as exc:
             written = len(self.output.shards)
             raise EmbedError(
