@@ -3,6 +3,7 @@
 #
 #   docker build -t vit-serve:cpu .                                              # CPU-only torch
 #   docker build -t vit-serve:gpu --build-arg TORCH_INDEX=https://download.pytorch.org/whl/cu128 .
+#   docker build -t vit-serve:ray --build-arg EXTRAS=bulk,ray …                   # a RayJob's image
 #
 # The CUDA wheels carry their own CUDA runtime: a GPU host needs only the NVIDIA driver and
 # the NVIDIA container toolkit (`docker run --gpus all …`). Settings are VIT_* variables.
@@ -21,7 +22,11 @@ WORKDIR /src
 # from pyproject.toml so that the list exists in one place.
 RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 COPY pyproject.toml README.md ./
-RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" \
+# Optional extras, comma-separated (EXTRAS=bulk,ray: the image of a RayJob, deploy/ray/); none by default.
+ARG EXTRAS=""
+RUN python -c "import os, tomllib; p = tomllib.load(open('pyproject.toml', 'rb'))['project']; \
+extras = [e for e in os.environ['EXTRAS'].split(',') if e]; \
+print('\n'.join(p['dependencies'] + [d for e in extras for d in p['optional-dependencies'][e]]))" \
         > /tmp/requirements.txt \
     && pip install -r /tmp/requirements.txt
 COPY model ./model

@@ -85,15 +85,9 @@ def identity(card: ModelCard, options: Options) -> dict[str, Any]:
 
 async def embed(settings: Settings, options: Options, progress: TextIO = sys.stderr) -> Summary:
     """Embed every image of `options.source` not yet in `options.out`."""
-    metrics = Metrics()
-    engine = await in_process().connect(settings, metrics)
-    pool: DecodePool | None = None
+    embedder = await Embedder.start(settings, options.top_k)
     try:
-        card = engine.card
-        if not card.cfg.embedding_dim:
-            raise EmbedError(f"{card.model_id} has no pooled embedding (a tower without its head)")
-        if options.top_k and not card.labels:
-            raise EmbedError(f"--top-k: {card.model_id} has no classification head")
+        card = embedder.engine.card
         output = Output.open(
             options.out,
             identity(card, options),
@@ -106,19 +100,70 @@ async def embed(settings: Settings, options: Options, progress: TextIO = sys.std
         done = output.done()
         source = items(options.source, settings.max_body_bytes, options.columns)
         total = await asyncio.to_thread(count, options.source, options.columns)
-        resolved = settings.resolve(card.device_type)
-        pool = decode_pool(settings, card, resolved, metrics)
-        await pool.start()
         todo = _Progress(None if total is None else max(total - len(done), 0), len(done), progress)
-        run = _Run(settings, options, engine, pool, output, vectors, todo)
-        summary = await run.all((item for item in source if item.key not in done), window=2 * resolved.max_batch_size)
+        run = _Run(options, embedder, output, vectors, todo)
+        window = 2 * settings.resolve(card.device_type).max_batch_size
+        summary = await run.all((item for item in source if item.key not in done), window)
         if vectors is not None and await asyncio.to_thread(vectors.finish):
             log.info("built the vector index of %s, table %s", options.lancedb, options.table)
         return summary
     finally:
-        if pool is not None:
-            pool.close()
-        await engine.drain(settings.shutdown_timeout_s)
+        await embedder.close()
+
+
+@dataclass
+class Embedder:
+    """An image's row from its item: read on a thread, decoded in the decode processes, embedded
+    through the engine seam (the batcher merges concurrent images into batches). Shared by
+    `vit-serve embed` and the Ray Data transform (service/bulk/ray_data.py)."""
+
+    settings: Settings
+    engine: EngineHandle
+    pool: DecodePool
+    top_k: int = 0  # a classifier's top-k labels beside each embedding
+
+    @classmethod
+    async def start(cls, settings: Settings, top_k: int = 0) -> Embedder:
+        """Load the model these settings choose (in this process) and start its decode processes."""
+        metrics = Metrics()
+        engine = await in_process().connect(settings, metrics)
+        try:
+            card = engine.card
+            if not card.cfg.embedding_dim:
+                raise EmbedError(f"{card.model_id} has no pooled embedding (a tower without its head)")
+            if top_k and not card.labels:
+                raise EmbedError(f"--top-k: {card.model_id} has no classification head")
+            pool = decode_pool(settings, card, settings.resolve(card.device_type), metrics)
+            await pool.start()
+        except BaseException:
+            await engine.drain(settings.shutdown_timeout_s)
+            raise
+        return cls(settings, engine, pool, top_k)
+
+    async def close(self) -> None:
+        self.pool.close()
+        await self.engine.drain(self.settings.shutdown_timeout_s)
+
+    async def row(self, item: Item) -> Row:
+        """One image's row: its embedding, or why there is none."""
+        try:
+            data = await asyncio.to_thread(item.load)
+        except (OSError, ValueError) as exc:
+            return Row(item.key, None, f"unreadable: {exc}")
+        try:
+            pixels = (await self.pool.decode_all([data]))[0]
+        except DecodeFailed as failure:
+            return Row(item.key, None, f"not decoded: {failure.error}")
+        try:
+            deadline = time.monotonic() + self.settings.request_timeout_s
+            result = (await self.engine.submit([pixels], deadline))[0]
+        except ServiceError as exc:
+            return Row(item.key, None, f"not embedded: {exc}")
+        if not self.top_k or result.probs is None:
+            return Row(item.key, result.embedding)
+        best = np.argsort(-result.probs, kind="stable")[: self.top_k]
+        labels = self.engine.card.labels
+        return Row(item.key, result.embedding, None, [labels[i] for i in best], result.probs[best].tolist())
 
 
 def _vector_table(options: Options, model: dict[str, Any], output: Output) -> VectorTable | None:
@@ -133,10 +178,8 @@ def _vector_table(options: Options, model: dict[str, Any], output: Output) -> Ve
 
 @dataclass
 class _Run:
-    settings: Settings
     options: Options
-    engine: EngineHandle
-    pool: DecodePool
+    embedder: Embedder
     output: Output
     vectors: VectorTable | None
     progress: _Progress
@@ -149,7 +192,7 @@ class _Run:
             if len(pending) >= window:
                 finished, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
                 await self._collect(rows, finished)
-            pending.add(asyncio.create_task(self.one(item)))
+            pending.add(asyncio.create_task(self.embedder.row(item)))
         if pending:
             await self._collect(rows, (await asyncio.wait(pending))[0])
         if rows:
@@ -179,27 +222,6 @@ class _Run:
                 f"writing shard {written} to {self.output.directory} failed ({exc}); the {written} shards"
                 f" ({self.output.rows:,} rows) written before it are intact, and a new run resumes after them"
             ) from exc
-
-    async def one(self, item: Item) -> Row:
-        """One image's row: its embedding, or why there is none."""
-        try:
-            data = await asyncio.to_thread(item.load)
-        except (OSError, ValueError) as exc:
-            return Row(item.key, None, f"unreadable: {exc}")
-        try:
-            pixels = (await self.pool.decode_all([data]))[0]
-        except DecodeFailed as failure:
-            return Row(item.key, None, f"not decoded: {failure.error}")
-        try:
-            deadline = time.monotonic() + self.settings.request_timeout_s
-            result = (await self.engine.submit([pixels], deadline))[0]
-        except ServiceError as exc:
-            return Row(item.key, None, f"not embedded: {exc}")
-        if not self.options.top_k or result.probs is None:
-            return Row(item.key, result.embedding)
-        best = np.argsort(-result.probs, kind="stable")[: self.options.top_k]
-        labels = self.engine.card.labels
-        return Row(item.key, result.embedding, None, [labels[i] for i in best], result.probs[best].tolist())
 
 
 class _Progress:

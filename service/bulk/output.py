@@ -91,28 +91,12 @@ class Output:
         """One more shard of `rows`, complete on disk before the manifest names it."""
         name = f"part-{len(self.shards):05d}.parquet"
         aside = self.directory / f".{name}.partial"
-        pq.write_table(self._table(rows), aside)
+        pq.write_table(rows_table(rows, self.dim, self.float16, self.top_k), aside)
         _sync(aside)
         aside.rename(self.directory / name)
         self.shards.append(name)
         self.rows += len(rows)
         self._write_manifest()
-
-    def _table(self, rows: list[Row]) -> pa.Table:
-        value = pa.float16() if self.float16 else pa.float32()
-        dtype = np.float16 if self.float16 else np.float32
-        columns: dict[str, pa.Array] = {
-            "key": pa.array([row.key for row in rows], pa.string()),
-            "embedding": pa.array(
-                [None if row.embedding is None else row.embedding.astype(dtype) for row in rows],
-                pa.list_(value, self.dim),
-            ),
-            "error": pa.array([row.error for row in rows], pa.string()),
-        }
-        if self.top_k:
-            columns["labels"] = pa.array([row.labels for row in rows], pa.list_(pa.string()))
-            columns["scores"] = pa.array([row.scores for row in rows], pa.list_(pa.float32()))
-        return pa.table(columns)
 
     def _write_manifest(self) -> None:
         manifest = {"identity": self.identity, "shards": self.shards, "rows": self.rows}
@@ -120,6 +104,22 @@ class Output:
         aside.write_text(json.dumps(manifest, indent=1))
         _sync(aside)
         aside.rename(self.directory / MANIFEST)
+
+
+def rows_table(rows: list[Row], dim: int, float16: bool = False, top_k: bool = False) -> pa.Table:
+    """Rows as the shards hold them (the module's columns)."""
+    value, dtype = (pa.float16(), np.float16) if float16 else (pa.float32(), np.float32)
+    columns: dict[str, pa.Array] = {
+        "key": pa.array([row.key for row in rows], pa.string()),
+        "embedding": pa.array(
+            [None if row.embedding is None else row.embedding.astype(dtype) for row in rows], pa.list_(value, dim)
+        ),
+        "error": pa.array([row.error for row in rows], pa.string()),
+    }
+    if top_k:
+        columns["labels"] = pa.array([row.labels for row in rows], pa.list_(pa.string()))
+        columns["scores"] = pa.array([row.scores for row in rows], pa.list_(pa.float32()))
+    return pa.table(columns)
 
 
 def _sync(path: Path) -> None:

@@ -83,6 +83,11 @@ def count(source: str, columns: Columns | None = None) -> int | None:
     return None
 
 
+def in_memory(key: str, data: bytes | None, limit: int) -> Item:
+    """An image already read (a Ray Data batch's), loaded within `limit` bytes as any other."""
+    return Item(key, _Reader(limit).data(data))
+
+
 @dataclass(frozen=True)
 class _Reader:
     limit: int  # bytes an image may have (VIT_MAX_BODY_BYTES)

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 from typing import Any
 
@@ -133,6 +134,29 @@ def test_kserve_inference_service_runs_the_image_as_an_oip_v2_predictor() -> Non
             return {path: (await client.get(path)).status_code for path in paths}
 
     assert asyncio.run(probe()) == {"/v2/health/ready": 200, "/v2/health/live": 200}
+
+
+def test_the_rayjob_runs_the_embedding_entrypoint_on_pods_kubernetes_accepts() -> None:
+    """KubeRay's fields (the entrypoint, rayVersion, groups), each group's pod template valid as a
+    Kubernetes pod, the entrypoint accepted by its own parser, and rayVersion the [ray] extra's pin."""
+    job = load_yaml(DEPLOY / "ray" / "rayjob.yaml")
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    cluster = job["spec"]["rayClusterSpec"]
+    extras = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert f"ray[data]=={cluster['rayVersion']}" in extras["ray"]
+    templates = [cluster["headGroupSpec"]["template"], *(group["template"] for group in cluster["workerGroupSpecs"])]
+    for template in templates:
+        pod = {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "ray"}, "spec": template["spec"]}
+        kubernetes_validate.validate(pod, KUBERNETES_VERSION, strict=True)
+        for container in template["spec"]["containers"]:  # settings the service has (the paths exist only there)
+            assert {e["name"].removeprefix("VIT_").lower() for e in container["env"]} <= set(Settings.model_fields)
+    command = job["spec"]["entrypoint"].split()
+    assert command[:3] == ["python", "-m", "service.bulk.ray_data"]
+    from service.bulk import ray_data
+
+    with pytest.raises(SystemExit) as parsed:  # its parser reads every flag; --help proves it ran to the end
+        ray_data.main([*command[3:], "--help"])
+    assert parsed.value.code == 0
 
 
 # ---------------------------------------------------------------- compose, Prometheus, Grafana
