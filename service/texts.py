@@ -90,10 +90,9 @@ class Texts:
 
 
 def zero_shot_scores(card: TextCard, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    """An image embedding against (L, D) unit label embeddings -> L scores, as transformers'
+    """A unit image embedding against (L, D) unit label embeddings -> L scores, as transformers'
     zero-shot-image-classification pipeline computes them: exp(logit_scale) × cosine (+ SigLIP's
     logit_bias), then CLIP's softmax over the labels or SigLIP's sigmoid of each."""
-    image = image / max(float(np.linalg.norm(image)), 1e-12)
     logits = (card.scale * (labels @ image) + card.bias).astype(np.float64)
     if card.similarity == "softmax":
         exp = np.exp(logits - logits.max())

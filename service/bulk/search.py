@@ -1,6 +1,7 @@
 """`vit-serve search DIR --table NAME --image FILE` (or `--text "…"` for a CLIP or SigLIP pair): the
 rows of a LanceDB table that `vit-serve embed --lancedb` filled, nearest to a query embedded by the
 same model (the same settings choose it; the table refuses another), with their cosine similarity.
+The query is embedded as `vit-serve embed` embeds an image (service/bulk/job.py's `Embedder`).
 """
 
 from __future__ import annotations
@@ -8,14 +9,12 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from service.bulk.job import EmbedError, model_identity
+import numpy as np
+
+from service.bulk.job import Embedder, EmbedError, model_identity
+from service.bulk.sources import Item, in_file
 from service.bulk.vectors import search
-from service.decoding import DecodeFailed
-from service.engine.card import ModelCard
-from service.engine.device import Input
-from service.engine.handle import in_process
 from service.errors import ServiceError
-from service.lifecycle import decode_pool
 from service.metrics import Metrics
 from service.settings import Settings
 from service.texts import Texts
@@ -25,37 +24,37 @@ async def nearest(
     settings: Settings, lancedb: Path, table: str, image: Path | None, text: str | None, k: int
 ) -> list[tuple[str, float]]:
     """The `k` keys nearest to the image or the text, best first."""
-    metrics = Metrics()
-    engine = await in_process().connect(settings, metrics)
+    embedder = await Embedder.start(settings)
     try:
-        card = engine.card
-        query: Input
+        card = embedder.engine.card
         if text is not None:
-            texts = Texts.load(card, 0, metrics)
-            if texts is None:
-                raise EmbedError(f"--text: {card.model_id} has no text tower")
-            query = (await texts.tokenize([text], "--text"))[0]
+            vector = await _text(embedder, text)
         elif image is not None:
-            query = await _decoded(settings, engine.card, image, metrics)
+            vector = await _image(embedder, in_file(image, settings.max_body_bytes))
         else:
             raise EmbedError("a query is an --image or a --text")
-        result = (await engine.submit([query], time.monotonic() + settings.request_timeout_s))[0]
-    except (ServiceError, OSError) as exc:
-        raise EmbedError(f"the query could not be embedded: {exc}") from exc
     finally:
-        await engine.drain(settings.shutdown_timeout_s)
-    return search(lancedb, table, model_identity(card), result.embedding.tolist(), k)
+        await embedder.close()
+    return search(lancedb, table, model_identity(card), vector.tolist(), k)
 
 
-async def _decoded(settings: Settings, card: ModelCard, image: Path, metrics: Metrics) -> Input:
-    data = image.read_bytes()
-    if len(data) > settings.max_body_bytes:
-        raise EmbedError(f"--image: {image} is over {settings.max_body_bytes} bytes (VIT_MAX_BODY_BYTES)")
-    pool = decode_pool(settings, card, settings.resolve(card.device_type), metrics)
-    await pool.start()
+async def _image(embedder: Embedder, item: Item) -> np.ndarray:
+    """The image's embedding: read, decoded and embedded as `vit-serve embed` does it."""
+    row = await embedder.row(item)
+    if row.embedding is None:
+        raise EmbedError(f"--image: {item.key}: {row.error}")
+    return row.embedding
+
+
+async def _text(embedder: Embedder, text: str) -> np.ndarray:
+    """The text's embedding by the pair's text tower."""
+    card = embedder.engine.card
+    texts = Texts.load(card, 0, Metrics())
+    if texts is None:
+        raise EmbedError(f"--text: {card.model_id} has no text tower")
+    ids = (await texts.tokenize([text], "--text"))[0]
     try:
-        return (await pool.decode_all([data]))[0]
-    except DecodeFailed as failure:
-        raise EmbedError(f"--image: {image} could not be decoded: {failure.error}") from failure
-    finally:
-        pool.close()
+        deadline = time.monotonic() + embedder.settings.request_timeout_s
+        return (await embedder.engine.submit([ids], deadline))[0].embedding
+    except ServiceError as exc:
+        raise EmbedError(f"--text could not be embedded: {exc}") from exc

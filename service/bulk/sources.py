@@ -83,6 +83,11 @@ def count(source: str, columns: Columns | None = None) -> int | None:
     return None
 
 
+def in_file(path: Path, limit: int) -> Item:
+    """One image file (a search's query), keyed by its path, loaded within `limit` bytes."""
+    return Item(str(path), _Reader(limit).file(path))
+
+
 def in_memory(key: str, data: bytes | None, limit: int) -> Item:
     """An image already read (a Ray Data batch's), loaded within `limit` bytes as any other."""
     return Item(key, _Reader(limit).data(data))

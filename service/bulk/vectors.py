@@ -60,7 +60,8 @@ class VectorTable:
 
     def _catch_up(self, output: Output) -> None:
         """Add the rows of `output`'s shards that the table lacks (a run killed between the two)."""
-        present = set(self.table.to_arrow().column("key").to_pylist()) if self.table.count_rows() else set()
+        keys = self.table.search().select(["key"]).limit(None).to_arrow()  # the keys only, not the vectors
+        present = set(keys.column("key").to_pylist())
         for name in output.shards:
             shard = pq.read_table(output.directory / name, columns=["key", "embedding"]).to_pylist()
             missing = [row for row in shard if row["key"] not in present and row["embedding"] is not None]

@@ -96,7 +96,8 @@ async def classify(request: Request) -> JSONResponse:
         if params.labels:
             gone = functools.partial(client_gone, request)
             vectors = await label_vectors(serving, endpoint, params.labels, template, deadline, gone)
-            scores = [zero_shot_scores(serving.require_texts().card, r.embedding, vectors) for r in results]
+            card = serving.require_texts().card
+            scores = [zero_shot_scores(card, unit(result.embedding), vectors) for result in results]
         else:
             scores = [_probs(result) for result in results]
     out = []
