@@ -11,7 +11,9 @@ On a machine with a CUDA GPU it runs, each step in its own process with its own 
 3. the serving ceiling with the null model (`python -m bench.ceiling`): the serving layer's limit;
 4. JPEG decoding on the GPU (`VIT_GPU_DECODE`) against the CPU's decode processes, at 500×375 and
    12 megapixels (`python -m bench.probes.gpu_decode`);
-5. the model alone, compiled (`python -m bench.model_only`), at batch 1, 64 and 256: last,
+5. bulk embedding (`python -m bench.probes.embed`): `vit-serve embed` of 4,000 224×224 JPEGs
+   against the model alone and the server, with and without VIT_GPU_DECODE;
+6. the model alone, compiled (`python -m bench.model_only`), at batch 1, 64 and 256: last,
    because compiling is the step whose length is least known.
 
 Results go to --out as at most 8 files (kit.json, kit.log, and each step's JSON and PNG); kit.json
@@ -20,7 +22,7 @@ are a short summary. `--dry-run` runs the same steps on a CPU-only machine with 
 short runs; the CUDA tests are reported skipped. bench/gpu/check.sh installs the wheels
 bench/gpu/wheels.sh fetched, then runs this; docs/DEPLOY.md says how to use the two.
 
-    python -m bench.kit --out /tmp/kit             # on a GPU host: about 7 minutes
+    python -m bench.kit --out /tmp/kit             # on a GPU host: about 8 minutes
     python -m bench.kit --dry-run --out /tmp/kit   # anywhere: about 2 minutes
 """
 
@@ -106,6 +108,12 @@ def steps(out: Path, dry_run: bool, peak: float | None) -> list[Step]:
     ceiling += ["--quick", "--concurrency", "1,4"] if dry_run else ["--duration", "3", "--concurrency", "1,16,64"]
     decode = [*py, "bench.probes.gpu_decode", "--out", str(out / "decode.json")]
     decode += ["--seconds", "0.3", "--rounds", "1", "--batch", "8"] if dry_run else ["--seconds", "2", "--rounds", "3"]
+    bulk = [*py, "bench.probes.embed", "--model", model, "--rounds", "1"]
+    bulk += (
+        ["--images", "32", "--max-batch-size", "8", "--seconds", "0.3"]
+        if dry_run
+        else ["--device", "cuda", "--gpu-decode", "--images", "4000", "--max-batch-size", "256", "--seconds", "3"]
+    )
     compiled = [*py, "bench.model_only", "--model", model, "--variants", "bfloat16,bfloat16+compile", "--rounds", "1"]
     compiled += ["--batch", "1,2", "--seconds", "0.2"] if dry_run else ["--batch", "1,64,256", "--seconds", "1"]
     return [
@@ -113,6 +121,7 @@ def steps(out: Path, dry_run: bool, peak: float | None) -> list[Step]:
         Step("end-to-end", e2e, 240),
         Step("ceiling", ceiling, 120),
         Step("gpu-decode", decode, 120),
+        Step("bulk", bulk, 150),
         Step("compiled", [*compiled, "--out", str(out / "model-only.json"), *peak_args], 200),
     ]
 

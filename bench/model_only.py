@@ -79,6 +79,7 @@ def measure(
                 "compiled": compiled,
                 "batch_size": batch,
                 "images_per_s": per_s,
+                "images_per_s_window": batch * len(passes) / sum(passes),  # stalls included, as a job's are
                 "batch_ms": 1000 * batch_s,
                 "first_pass_s": first_s,
                 "passes": len(passes),

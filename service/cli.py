@@ -126,11 +126,18 @@ def _embed(args: dict[str, Any]) -> int:
     except (EmbedError, OutputError, SourceError) as exc:
         print(f"vit-serve embed: {exc}", file=sys.stderr)
         return 2
+    model = summary.model
     print(
         f"{options.out}: {summary.embedded:,} images embedded ({summary.failed:,} with an error in their row) in"
         f" {summary.seconds:.2f} s; {summary.before:,} were done before",
         file=sys.stderr,
     )
+    if model.batches:  # whether the model set the pace (near 100 %), or reading and decoding did
+        print(
+            f"the model was busy {100 * model.seconds / max(summary.seconds, 1e-9):.0f} % of that time, in"
+            f" {model.batches:,} batches of {model.images / model.batches:.1f} images on average",
+            file=sys.stderr,
+        )
     return 0
 
 

@@ -16,6 +16,7 @@ in parallel and embedded in the engine's batches; a bad image is a row with its 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import Coroutine
 from typing import Any, TypeVar
@@ -60,7 +61,8 @@ class RayEmbedder:
         return rows_table(rows, self._embedder.engine.card.cfg.embedding_dim, self.float16, self.top_k > 0)
 
     async def _rows(self, images: list[Item]) -> list[Row]:
-        return list(await asyncio.gather(*(self._embedder.row(item) for item in images)))
+        async with contextlib.aclosing(self._embedder.stream(images)) as groups:
+            return [row async for group in groups for row in group]
 
     def __del__(self) -> None:
         if self._loop.is_running():

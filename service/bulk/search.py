@@ -40,7 +40,7 @@ async def nearest(
 
 async def _image(embedder: Embedder, item: Item) -> np.ndarray:
     """The image's embedding: read, decoded and embedded as `vit-serve embed` does it."""
-    row = await embedder.row(item)
+    [row] = await embedder.rows([item])
     if row.embedding is None:
         raise EmbedError(f"--image: {item.key}: {row.error}")
     return row.embedding

@@ -10,7 +10,8 @@ bytes within a size limit, streamed, so a source of millions of images is never 
   sample's `__key__` (its members' shared name before the first dot), as WebDataset keys it.
 
 Loading is bounded: a file over the limit, unreadable, gone or empty is an error of its own row,
-never of the run.
+never of the run. A directory below the source that cannot be listed is logged and left out; a
+source that fails mid-run (a tar shard cut short or gone) raises SourceError where it fails.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from __future__ import annotations
 import csv
 import glob
 import itertools
+import logging
 import os
 import tarfile
 from collections.abc import Callable, Iterator
@@ -31,6 +33,8 @@ TABLE_SUFFIXES = (".parquet", ".csv")
 _PATH_COLUMNS = ("path", "file", "filename", "image_path")
 _BYTES_COLUMNS = ("image", "bytes", "jpg", "png")
 _KEY_COLUMNS = ("key", "id", "__key__")
+
+log = logging.getLogger(__name__)
 
 
 class SourceError(Exception):
@@ -115,7 +119,7 @@ class _Reader:
         return data
 
     def directory(self, root: Path) -> Iterator[Item]:
-        for directory, names, files in os.walk(root):
+        for directory, names, files in os.walk(root, onerror=_unlisted):
             names.sort()
             for name in sorted(files):
                 path = Path(directory, name)
@@ -186,6 +190,11 @@ def _refused(reason: str) -> Callable[[], bytes]:
         raise ValueError(reason)
 
     return load
+
+
+def _unlisted(error: OSError) -> None:
+    """A directory of the source that cannot be listed (gone, or not readable): said, not fatal."""
+    log.warning("%s: not listed (%s): the images below it are not part of this run", error.filename, error.strerror)
 
 
 def _looks_like_an_image(path: Path) -> bool:

@@ -125,7 +125,14 @@ def test_the_gpu_kit_dry_run_runs_every_step_and_says_the_cuda_tests_skipped(tmp
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     report = json.loads((tmp_path / "kit.json").read_text())
-    assert [s["name"] for s in report["steps"]] == ["cuda-tests", "end-to-end", "ceiling", "gpu-decode", "compiled"]
+    assert [s["name"] for s in report["steps"]] == [
+        "cuda-tests",
+        "end-to-end",
+        "ceiling",
+        "gpu-decode",
+        "bulk",
+        "compiled",
+    ]
     assert all(s["status"] == "passed" for s in report["steps"])
     assert report["cuda_tests"].endswith("(skipped: no CUDA GPU on this machine)") and "skipped" in report["cuda_tests"]
     files = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())

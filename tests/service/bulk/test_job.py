@@ -1,29 +1,39 @@
 """`vit-serve embed` (service/bulk/job.py) as a user runs it, in a process of its own: every image
 of a source embedded exactly as the server embeds it, a second run that finds everything done, a
 run killed mid-way finished by the next without a row lost or repeated, bad files recorded in
-their rows, and another model refused."""
+their rows, and another model refused; and, in this process, the Embedder's groups and window."""
 
 from __future__ import annotations
 
 import base64
+import contextlib
+import io
 import os
+import pty
 import re
 import resource
 import shutil
 import signal
 import subprocess
 import sys
+import tarfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import torch
 
-from service.bulk.output import MANIFEST
-from tests.images import encode, gradient
+from service.bulk.job import Embedder
+from service.bulk.output import MANIFEST, Row
+from service.bulk.sources import Item, in_memory
+from service.settings import Settings
+from tests.images import encode, gradient, photo
 from tests.service import bombs
+from tests.service.engine.test_device_decode import needs_gpu
 from tests.service.servers import live_server, tiny_settings
 
 DIGITS = Path(__file__).parents[3] / "examples" / "digits"
@@ -50,6 +60,9 @@ def test_a_directory_is_embedded_as_the_server_embeds_it_and_a_second_run_finds_
     out = tmp_path / "out"
     first = embed(DIGITS, "--out", out, "--top-k", "2")
     assert "10 images embedded (0 with an error in their row)" in first.stderr
+    assert re.search(r"^10 of 10 images \(0 failed\), [\d,.]+ images/s, 0 s to go$", first.stderr, re.M)  # a log line
+    busy = re.search(r"the model was busy (\d+) % of that time, in (\d+) batches of ([\d.]+) images", first.stderr)
+    assert busy and 0 < int(busy[1]) <= 100 and round(int(busy[2]) * float(busy[3])) == 10, first.stderr
     rows = table(out)
     assert sorted(rows) == sorted(p.name for p in DIGITS.glob("*.png"))
     with live_server(tiny_settings(model="vit-mnist")) as (url, _):
@@ -66,6 +79,21 @@ def test_a_directory_is_embedded_as_the_server_embeds_it_and_a_second_run_finds_
             assert row["labels"] == [p["label"] for p in served]
     second = embed(DIGITS, "--out", out, "--top-k", "2")
     assert "0 images embedded" in second.stderr and "10 were done before" in second.stderr
+
+
+def test_on_a_terminal_the_progress_line_is_redrawn_in_place(tmp_path: Path) -> None:
+    main, terminal = pty.openpty()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VIT_")}
+    command = [sys.executable, "-m", "service", "embed", str(DIGITS), "--out", str(tmp_path / "out"), *QUIET]
+    with subprocess.Popen(command, env=env, stderr=terminal, stdout=subprocess.DEVNULL) as job:
+        os.close(terminal)
+        shown = b""
+        with contextlib.suppress(OSError):  # EIO: the job has closed its end
+            while chunk := os.read(main, 4096):
+                shown += chunk
+        assert job.wait(timeout=300) == 0, shown
+    os.close(main)
+    assert re.search(rb"\r10 of 10 images \(0 failed\), [\d,.]+ images/s, 0 s to go\r?\n", shown), shown
 
 
 def test_bad_files_are_rows_with_their_error_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -109,6 +137,24 @@ def test_a_killed_run_is_finished_by_the_next_without_a_row_lost_or_repeated(tmp
     now, before = (int(count.replace(",", "")) for count in counts)
     assert before >= 60 and now >= 1 and before + now == 300  # killed mid-way, with whole shards kept
     assert len(table(out)) == 300 and not list(out.glob(".*.partial"))
+
+
+def test_a_source_cut_short_mid_run_ends_it_in_one_line_with_the_rows_before_it_kept(tmp_path: Path) -> None:
+    data = (DIGITS / "digit-0-39.png").read_bytes()  # 326 bytes: a 512-byte header and 512 of data a member
+    for index, names in enumerate(("abc", "def")):
+        with tarfile.open(tmp_path / f"shard-00{index}.tar", "w") as tar:
+            for name in names:
+                info = tarfile.TarInfo(f"{name}.png")
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    cut = tmp_path / "shard-001.tar"
+    cut.write_bytes(cut.read_bytes()[: 1024 + 512 + 100])  # a copy cut short inside "e"
+    done = embed(tmp_path / "shard-*.tar", "--out", tmp_path / "out", check=False)
+    assert done.returncode == 2
+    line = done.stderr.strip().splitlines()[-1]
+    assert "shard-001.tar: not a readable tar shard" in line and "the source failed mid-run" in line
+    assert "every image before it has its row (4 rows in all)" in line
+    assert sorted(table(tmp_path / "out")) == ["a", "b", "c", "d"]
 
 
 def test_another_model_into_the_same_output_is_refused(tmp_path: Path) -> None:
@@ -166,3 +212,69 @@ def test_a_parquet_table_of_image_bytes_gives_the_directorys_embeddings(tmp_path
     assert sorted(table_rows) == names and len(list((tmp_path / "from-table").glob("part-*.parquet"))) == 4
     for name in names:
         assert np.allclose(table_rows[name]["embedding"], directory_rows[name]["embedding"], atol=1e-6)
+
+
+async def _rows(settings: Settings, *groups: list[Item]) -> list[list[Row]]:
+    """Each group's rows, by one Embedder whose random weights are the same on every call."""
+    torch.manual_seed(0)
+    embedder = await Embedder.start(settings)
+    try:
+        return [await embedder.rows(group) for group in groups]
+    finally:
+        await embedder.close()
+
+
+async def test_a_group_keeps_its_order_and_a_bad_image_fails_only_its_own_row() -> None:
+    good, other = encode(photo(), "JPEG"), encode(gradient(64, 48), "PNG")
+    group = [in_memory("a", good, 10**7), in_memory("b", b"", 10**7), in_memory("c", b"not an image", 10**7)]
+    group += [in_memory("d", other, 10**7)]
+    rows, *alone = await _rows(tiny_settings(), group, [in_memory("a", good, 10**7)], [in_memory("d", other, 10**7)])
+    assert [row.key for row in rows] == ["a", "b", "c", "d"]
+    assert rows[1].error == "unreadable: empty file" and rows[1].embedding is None
+    assert rows[2].error is not None and rows[2].error.startswith("not decoded: ") and rows[2].embedding is None
+    for row, [single] in zip((rows[0], rows[3]), alone, strict=True):
+        assert row.error is None and np.allclose(row.embedding, single.embedding, atol=1e-5)
+
+
+async def test_the_stream_reads_ahead_at_most_its_window_and_yields_each_row_once() -> None:
+    """With batches of 8 the window is 16 images: the source is read lazily, never far ahead."""
+    pulled = 0
+    good = encode(gradient(32, 32), "PNG")
+
+    def source() -> Iterator[Item]:
+        nonlocal pulled
+        for i in range(100):
+            pulled += 1
+            yield in_memory(str(i), good, 10**7)
+
+    embedder = await Embedder.start(tiny_settings(max_batch_size=8))
+    try:
+        seen: list[str] = []
+        async with contextlib.aclosing(embedder.stream(source())) as groups:
+            async for group in groups:
+                assert pulled - len(seen) <= 16 + 2  # in flight: the window, and the group being formed
+                seen += [row.key for row in group]
+    finally:
+        await embedder.close()
+    assert sorted(seen, key=int) == [str(i) for i in range(100)]
+
+
+async def test_asked_to_decode_on_the_gpu_a_cpu_model_embeds_as_without() -> None:
+    jpeg = [in_memory("a", encode(photo(), "JPEG"), 10**7)]
+    [[on]], [[off]] = [await _rows(tiny_settings(gpu_decode=flag), jpeg) for flag in (True, False)]
+    assert np.array_equal(on.embedding, off.embedding)
+
+
+@needs_gpu
+async def test_on_a_gpu_jpegs_decoded_there_embed_as_cpu_decoded_ones_and_a_corrupt_one_fails_alone() -> None:
+    jpeg = encode(photo(), "JPEG")
+    group = [in_memory("a", jpeg, 10**7), in_memory("b", jpeg[: len(jpeg) // 3], 10**7)]
+    group += [in_memory("c", encode(photo(), "PNG"), 10**7), in_memory("d", jpeg, 10**7)]
+    rows = {}
+    for on_gpu in (False, True):
+        settings = tiny_settings(device="cuda", compile=False, gpu_decode=on_gpu, jpeg_draft=False)
+        [rows[on_gpu]] = await _rows(settings, group)
+    assert rows[True][1].embedding is None and rows[True][1].error.startswith("not decoded: ")
+    for i in (0, 2, 3):
+        cpu, gpu = (torch.from_numpy(rows[flag][i].embedding).float() for flag in (False, True))
+        assert torch.nn.functional.cosine_similarity(cpu, gpu, dim=0) >= 0.999

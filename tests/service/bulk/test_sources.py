@@ -5,6 +5,8 @@ tables of paths or bytes; WebDataset tar shards; and what each refuses."""
 from __future__ import annotations
 
 import io
+import logging
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -105,3 +107,25 @@ def test_webdataset_shards_yield_each_samples_image_by_its_key(tmp_path: Path) -
 def test_a_source_that_does_not_exist_stops_the_run(tmp_path: Path) -> None:
     with pytest.raises(SourceError, match="no such directory or file"):
         loaded(tmp_path / "nowhere")
+
+
+def test_a_shard_gone_mid_run_is_a_source_error_after_the_items_before_it(tmp_path: Path) -> None:
+    shard(tmp_path / "shard-000.tar", {"000.png": PNG})
+    shard(tmp_path / "shard-001.tar", {"001.png": PNG})
+    source = items(str(tmp_path / "shard-*.tar"), LIMIT)
+    assert next(source).key == "000"
+    (tmp_path / "shard-001.tar").unlink()
+    with pytest.raises(SourceError, match=r"shard-001\.tar: not a readable tar shard"):
+        next(source)
+
+
+def test_a_directory_gone_mid_walk_is_logged_and_left_out(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.png").write_bytes(PNG)
+    (tmp_path / "sub" / "b.png").write_bytes(PNG)
+    source = items(str(tmp_path), LIMIT)
+    assert next(source).key == "a.png"  # a directory's own files before the directories below it
+    shutil.rmtree(tmp_path / "sub")
+    with caplog.at_level(logging.WARNING, "service.bulk.sources"):
+        assert list(source) == []
+    assert f"{tmp_path / 'sub'}: not listed (No such file or directory)" in caplog.text

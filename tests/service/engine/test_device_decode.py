@@ -83,6 +83,7 @@ async def test_the_gpu_takes_plain_jpegs_and_names_a_corrupt_one() -> None:
 async def test_a_cuda_server_classifies_gpu_decoded_jpegs_as_cpu_decoded_ones() -> None:
     answers = []
     for on_gpu in (False, True):
+        torch.manual_seed(0)  # the same random weights in both starts
         async with started(device="cuda", compile=False, gpu_decode=on_gpu, jpeg_draft=False) as serving:
             assert isinstance(serving.engine, LocalEngine) and (serving.engine.device_decoder is not None) == on_gpu
             results = await compute(serving, "/test", [JPEG, PNG], time.monotonic() + 30, None, never())
