@@ -84,18 +84,17 @@ def base_image() -> float:
         )
         for path in ["var/cache/apt", "var/lib/apt/lists", "usr/share/doc", "usr/share/man", "usr/share/locale"]:
             shutil.rmtree(root / path)
-        tar = subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE)
         # An imported image has no environment: without PATH, the Dockerfile's PATH=/opt/venv/bin:$PATH
         # would lose the system's.
         path = "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
-        imported = subprocess.run(
-            ["podman", "import", "--change", path, "-", BASE],
-            stdin=tar.stdout,
-            env={**os.environ, "CONTAINERS_CONF": str(CONF)},
-            capture_output=True,
-            timeout=300,
-        )
-        tar.wait()
+        with subprocess.Popen(["tar", "-C", root, "-c", "."], stdout=subprocess.PIPE) as tar:  # closes its pipe
+            imported = subprocess.run(
+                ["podman", "import", "--change", path, "-", BASE],
+                stdin=tar.stdout,
+                env={**os.environ, "CONTAINERS_CONF": str(CONF)},
+                capture_output=True,
+                timeout=300,
+            )
         if imported.returncode != 0 or tar.returncode != 0:
             raise RuntimeError(f"podman import failed: {imported.stderr.decode()[-2000:]}")
     return time.monotonic() - started
