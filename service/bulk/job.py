@@ -25,9 +25,10 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import numpy as np
 
+from model.preprocess import ImageError
 from service.bulk.output import Output, Row
 from service.bulk.sources import Columns, Item, SourceError, count, items
-from service.decoding import DecodeFailed, DecodePool
+from service.decoding import DecodePool
 from service.engine.card import ModelCard
 from service.engine.device import Image
 from service.engine.device_decode import DeviceDecoder
@@ -233,9 +234,9 @@ class Embedder:
 
     async def _on_cpu(self, data: bytes) -> Image | str:
         try:
-            return (await self.pool.decode_all([data]))[0]
-        except DecodeFailed as failure:
-            return f"not decoded: {failure.error}"
+            return await self.pool.decode(data)
+        except ImageError as exc:
+            return f"not decoded: {exc}"
 
     async def _embed(self, item: Item, pixels: Image | str) -> Row:
         if isinstance(pixels, str):
@@ -253,21 +254,15 @@ class Embedder:
 
 
 async def _on_device(decoder: DeviceDecoder, encoded: dict[int, bytes]) -> dict[int, Image | str]:
-    """The plain JPEGs among `encoded` decoded on the GPU, in one batched call; where one is
-    corrupt (nvJPEG names only the first), each alone, so that it fails only its own row."""
+    """The plain JPEGs among `encoded` decoded on the GPU in batched calls, each that fails with
+    why, by index; the rest are left to the decode processes."""
     indices = list(encoded)
-    try:
-        pixels: list[Image | str | None] = list(await decoder.decode([encoded[i] for i in indices]))
-    except DecodeFailed:
-        pixels = [await _one_on_device(decoder, encoded[i]) for i in indices]
-    return {i: out for i, out in zip(indices, pixels, strict=True) if out is not None}
-
-
-async def _one_on_device(decoder: DeviceDecoder, data: bytes) -> Image | str | None:
-    try:
-        return (await decoder.decode([data]))[0]
-    except DecodeFailed as failure:
-        return f"not decoded: {failure.error}"
+    decoded = await decoder.decode_each([encoded[i] for i in indices])
+    return {
+        i: f"not decoded: {out}" if isinstance(out, ImageError) else out
+        for i, out in zip(indices, decoded, strict=True)
+        if out is not None
+    }
 
 
 def _vector_table(options: Options, model: dict[str, Any], output: Output) -> VectorTable | None:

@@ -65,20 +65,31 @@ class DeviceDecoder:
 
     async def decode(self, images: Sequence[bytes]) -> list[torch.Tensor | None]:
         """Each image's uint8 (S, S, 3) pixels on the device, or None for one it leaves to the CPU
-        path; DecodeFailed, naming the first, if one it took cannot be decoded."""
+        path; DecodeFailed, naming the first, if one it took cannot be decoded (a request fails
+        whole)."""
+        decoded: list[torch.Tensor | None] = []
+        for index, out in enumerate(await self.decode_each(images)):
+            if isinstance(out, ImageError):
+                raise DecodeFailed(index, out)
+            decoded.append(out)
+        return decoded
+
+    async def decode_each(self, images: Sequence[bytes]) -> list[torch.Tensor | ImageError | None]:
+        """As `decode`, with an image it took but cannot decode as its ImageError, in its place
+        (`vit-serve embed`: a bad image fails only its own row)."""
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._thread, self._decode, images)
 
-    def _decode(self, images: Sequence[bytes]) -> list[torch.Tensor | None]:
+    def _decode(self, images: Sequence[bytes]) -> list[torch.Tensor | ImageError | None]:
         sizes = [gpu_decode.plain_jpeg_size(data, self.image_size, self.preprocess, self.max_pixels) for data in images]
-        out: list[torch.Tensor | None] = [None] * len(images)
+        out: list[torch.Tensor | ImageError | None] = [None] * len(images)
         for call in calls_within([math.prod(size) if size else 0 for size in sizes], CALL_PIXELS):
             for i, decoded in zip(call, self._call(call, images), strict=True):
                 out[i] = decoded
         return out
 
-    def _call(self, indices: list[int], images: Sequence[bytes]) -> list[torch.Tensor | None]:
-        """One nvJPEG call; on a failure, each image alone, to name the one that fails. Out of GPU
+    def _call(self, indices: list[int], images: Sequence[bytes]) -> list[torch.Tensor | ImageError | None]:
+        """One nvJPEG call; on a failure, each image alone, to find the ones that fail. Out of GPU
         memory, the images go to the CPU path (None) instead: the request is not at fault."""
         try:
             return list(
@@ -88,7 +99,7 @@ class DeviceDecoder:
             return [None] * len(indices)
         except RuntimeError:  # one of them is corrupt: nvJPEG gives no partial results
             if len(indices) == 1:
-                raise DecodeFailed(indices[0], ImageError("JPEG data that the GPU's decoder cannot decode")) from None
+                return [ImageError("JPEG data that the GPU's decoder cannot decode")]
             return [decoded for i in indices for decoded in self._call([i], images)]
 
     def close(self) -> None:

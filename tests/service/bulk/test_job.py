@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import contextlib
-import io
 import os
 import pty
 import re
@@ -16,7 +15,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import tarfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,6 +31,7 @@ from service.bulk.sources import Item, in_memory
 from service.settings import Settings
 from tests.images import encode, gradient, photo
 from tests.service import bombs
+from tests.service.bulk.test_sources import shard
 from tests.service.engine.test_device_decode import needs_gpu
 from tests.service.servers import live_server, tiny_settings
 
@@ -40,10 +39,15 @@ DIGITS = Path(__file__).parents[3] / "examples" / "digits"
 QUIET = ["--log-level", "warning", "--dtype", "float32"]  # float32: compared with the server's numbers
 
 
+def command(*args: str | Path) -> list[str]:
+    return [sys.executable, "-m", "service", "embed", *map(str, args), *QUIET]
+
+
+ENV = {k: v for k, v in os.environ.items() if not k.startswith("VIT_")}
+
+
 def embed(*args: str | Path, check: bool = True) -> subprocess.CompletedProcess[str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIT_")}
-    command = [sys.executable, "-m", "service", "embed", *map(str, args), *QUIET]
-    done = subprocess.run(command, env=env, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(command(*args), env=ENV, capture_output=True, text=True, timeout=300)
     if check:
         assert done.returncode == 0, done.stderr
     return done
@@ -83,9 +87,9 @@ def test_a_directory_is_embedded_as_the_server_embeds_it_and_a_second_run_finds_
 
 def test_on_a_terminal_the_progress_line_is_redrawn_in_place(tmp_path: Path) -> None:
     main, terminal = pty.openpty()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIT_")}
-    command = [sys.executable, "-m", "service", "embed", str(DIGITS), "--out", str(tmp_path / "out"), *QUIET]
-    with subprocess.Popen(command, env=env, stderr=terminal, stdout=subprocess.DEVNULL) as job:
+    with subprocess.Popen(
+        command(DIGITS, "--out", tmp_path / "out"), env=ENV, stderr=terminal, stdout=subprocess.DEVNULL
+    ) as job:
         os.close(terminal)
         shown = b""
         with contextlib.suppress(OSError):  # EIO: the job has closed its end
@@ -120,9 +124,7 @@ def test_a_killed_run_is_finished_by_the_next_without_a_row_lost_or_repeated(tmp
     for copy in range(30):
         shutil.copytree(DIGITS, source / f"copy-{copy:02d}")
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIT_")}
-    command = [sys.executable, "-m", "service", "embed", str(source), "--out", str(out), "--shard-size", "20", *QUIET]
-    proc = subprocess.Popen(command, env=env, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(command(source, "--out", out, "--shard-size", "20"), env=ENV, stderr=subprocess.DEVNULL)
     try:
         for _ in range(1200):  # until a few shards are complete
             if (out / "part-00002.parquet").exists() or proc.poll() is not None:
@@ -142,11 +144,7 @@ def test_a_killed_run_is_finished_by_the_next_without_a_row_lost_or_repeated(tmp
 def test_a_source_cut_short_mid_run_ends_it_in_one_line_with_the_rows_before_it_kept(tmp_path: Path) -> None:
     data = (DIGITS / "digit-0-39.png").read_bytes()  # 326 bytes: a 512-byte header and 512 of data a member
     for index, names in enumerate(("abc", "def")):
-        with tarfile.open(tmp_path / f"shard-00{index}.tar", "w") as tar:
-            for name in names:
-                info = tarfile.TarInfo(f"{name}.png")
-                info.size = len(data)
-                tar.addfile(info, io.BytesIO(data))
+        shard(tmp_path / f"shard-00{index}.tar", {f"{name}.png": data for name in names})
     cut = tmp_path / "shard-001.tar"
     cut.write_bytes(cut.read_bytes()[: 1024 + 512 + 100])  # a copy cut short inside "e"
     done = embed(tmp_path / "shard-*.tar", "--out", tmp_path / "out", check=False)
@@ -188,10 +186,13 @@ def _disk_full_after(limit: int) -> None:
 
 def test_a_full_disk_ends_the_run_in_one_line_and_a_new_run_resumes(tmp_path: Path) -> None:
     out = tmp_path / "out"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VIT_")}
-    command = [sys.executable, "-m", "service", "embed", str(DIGITS), "--out", str(out), "--shard-size", "4", *QUIET]
     full = subprocess.run(
-        command, env=env, capture_output=True, text=True, timeout=300, preexec_fn=lambda: _disk_full_after(3000)
+        command(DIGITS, "--out", out, "--shard-size", "4"),
+        env=ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        preexec_fn=lambda: _disk_full_after(3000),
     )
     assert full.returncode == 2 and "Traceback" not in full.stderr, full.stderr
     assert (

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from model import gpu_decode
-from model.preprocess import PreprocessConfig
+from model.preprocess import ImageError, PreprocessConfig
 from service import lifecycle
 from service.decoding import DecodeFailed
 from service.engine.device_decode import DeviceDecoder, calls_within
@@ -75,6 +75,8 @@ async def test_the_gpu_takes_plain_jpegs_and_names_a_corrupt_one() -> None:
         with pytest.raises(DecodeFailed, match=r"^image 2: ") as failure:
             await decoder.decode([JPEG, PNG, corrupt])
         assert failure.value.index == 2
+        each = await decoder.decode_each([corrupt, JPEG, PNG])  # vit-serve embed's: each image's own outcome
+        assert isinstance(each[0], ImageError) and each[1] is not None and each[1].is_cuda and each[2] is None
     finally:
         decoder.close()
 
